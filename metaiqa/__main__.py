@@ -1,0 +1,5 @@
+"""`python -m metaiqa` (also what `torchrun -m metaiqa` runs)."""
+
+from metaiqa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""Model registry, architectures and checkpoints."""
+
+from metaiqa.models import resnet_iqa as _resnet_iqa  # noqa: F401  (registers the models)
+from metaiqa.models.checkpoint import (
+    ChecksumMismatch,
+    CorruptCheckpoint,
+    LoadedCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from metaiqa.models.registry import UnknownModel, create_model, list_models, register_model
+
+__all__ = [
+    "ChecksumMismatch",
+    "CorruptCheckpoint",
+    "LoadedCheckpoint",
+    "UnknownModel",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+    "save_checkpoint",
+]

@@ -1,0 +1,39 @@
+"""A timm-style registry: architectures by name, nothing built or downloaded at import."""
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from metaiqa.errors import MetaIQAError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+class UnknownModel(MetaIQAError, KeyError):
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS)) or 'none'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register a model factory under its function name."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is already registered")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    try:
+        factory = _MODELS[name]
+    except KeyError:
+        raise UnknownModel(name) from None
+    return factory(**kwargs)
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)

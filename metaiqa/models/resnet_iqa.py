@@ -1,0 +1,109 @@
+"""MetaIQA quality regressors: backbone -> head -> sigmoid score in [0, 1] (higher is better).
+
+Models take float RGB in [0, 1], shape (N, 3, H, W), and normalise inside, so every caller
+(training, scoring, heatmaps) feeds the same thing and a checkpoint carries its own policy.
+"""
+
+import logging
+import socket
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from metaiqa.errors import MetaIQAError
+from metaiqa.models.layers import QualityHead, make_input_norm
+from metaiqa.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsUnavailable(MetaIQAError):
+    """ImageNet weights were asked for and could not be had."""
+
+
+class IQAModel(nn.Module):
+    """A backbone producing features, a fixed input front-end and the MetaIQA head."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, input_norm: str, head_hidden, dropout: float):
+        super().__init__()
+        self.input_norm = make_input_norm(input_norm)
+        self.backbone = backbone
+        self.head = QualityHead(feature_dim, tuple(head_hidden), dropout)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.input_norm(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+    def head_parameter_names(self) -> list[str]:
+        """Names of the head's parameters (they get their own learning rate)."""
+        return [n for n, _ in self.named_parameters() if n.startswith("head.")]
+
+
+def _imagenet_state_dict(source: str) -> dict[str, torch.Tensor]:
+    if source != "imagenet":
+        path = Path(source)
+        if not path.is_file():
+            raise PretrainedWeightsUnavailable(f"backbone weights file not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, timeouts, hash errors: all mean "not available here"
+        raise PretrainedWeightsUnavailable(
+            f"could not get torchvision's ImageNet ResNet-18 weights ({type(exc).__name__}: {exc}). "
+            "Go online once, or put the file resnet18-f37072fd.pth in torch's hub cache "
+            "(~/.cache/torch/hub/checkpoints/), or pass pretrained_backbone=PATH, or leave it unset "
+            "to start from random initialisation."
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+@register_model
+def metaiqa_resnet18(
+    pretrained_backbone: str | None = None,
+    input_norm: str = "mscn",
+    head_hidden: tuple[int, ...] | list[int] = (1024, 512),
+    dropout: float = 0.5,
+) -> IQAModel:
+    """torchvision ResNet-18 (its 1000-way fc kept as the feature layer, as in MetaIQA) + head.
+
+    `pretrained_backbone`: None (random init, no download), "imagenet" (torchvision's
+    official weights, downloaded once when online) or a path to a state-dict file.
+    """
+    backbone = torchvision.models.resnet18(weights=None)
+    if pretrained_backbone:
+        backbone.load_state_dict(_imagenet_state_dict(pretrained_backbone))
+        log.info("loaded backbone weights from %s", pretrained_backbone)
+    return IQAModel(backbone, 1000, input_norm, head_hidden, dropout)
+
+
+@register_model
+def metaiqa_tiny(
+    input_norm: str = "mscn",
+    width: int = 8,
+    head_hidden: tuple[int, ...] | list[int] = (32, 16),
+    dropout: float = 0.1,
+) -> IQAModel:
+    """A few-thousand-parameter CNN with the same contract, for tests and smoke runs."""
+    backbone = nn.Sequential(
+        nn.Conv2d(3, width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return IQAModel(backbone, 2 * width, input_norm, head_hidden, dropout)
