@@ -1,0 +1,1 @@
+"""Evaluation: pure correlation metrics and validation reports."""
