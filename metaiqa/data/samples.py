@@ -18,6 +18,9 @@ class Sample:
     group:  the task id: distortion type where the set has one (e.g. "gaussian_blur"), else None.
     ref_id: the pristine content this image was made from, so splits can be content-disjoint.
     level:  distortion level (1 = mildest) where known; 0 for a pristine reference.
+    source: the scene ref_id was cut from, when several references share one photo (our
+            synthetic crops): content-disjoint splits group by `source or ref_id`, while a
+            ranking loss pairs versions of the same `ref_id` (labels are relative to it).
     """
 
     path: Path
@@ -25,3 +28,9 @@ class Sample:
     group: str | None = None
     ref_id: str | None = None
     level: int | None = None
+    source: str | None = None
+
+    @property
+    def content(self) -> str | None:
+        """What content-disjoint splits must keep apart."""
+        return self.source or self.ref_id
