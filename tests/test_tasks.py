@@ -203,3 +203,39 @@ def test_few_shot_split_errors():
         few_shot_split(samples, shots=3, seed=0, val_fraction=1.0)
     train, val, test = few_shot_split(samples, shots=9, seed=0)
     assert (len(train), len(val), len(test)) == (7, 2, 1)
+
+
+def make_crops(n_photos=6, crops=3, groups=GROUPS[:2], levels=3):
+    """Synthetic-style samples: several reference crops (ref_id) cut from one photo (source)."""
+    out = []
+    for p in range(n_photos):
+        for c in range(crops):
+            ref = f"I{p * crops + c:02d}"
+            for g in groups:
+                for lv in range(1, levels + 1):
+                    out.append(Sample(Path(f"/s/{ref}_{g}_{lv}.png"), 0.5, group=g, ref_id=ref, level=lv,
+                                      source=f"photo{p}.jpg"))
+    return out
+
+
+def test_tasks_and_splits_are_disjoint_by_source_scene():
+    samples = make_crops()
+    sampler = TaskSampler(samples, tasks_per_batch=2, support_refs=2, query_refs=3, seed=0)
+    seen_refs = set()
+    for _ in range(10):
+        for t in sampler.sample():
+            sup_src = {s.source for s in t.support}
+            qry_src = {s.source for s in t.query}
+            assert len(sup_src) == 2 and len(qry_src) == 3 and not sup_src & qry_src
+            # one reference per scene, all its levels
+            assert len({s.ref_id for s in t.support}) == 2 and len(t.support) == 2 * 3
+            seen_refs |= {s.ref_id for s in t.support + t.query}
+    assert len(seen_refs) > 6  # different crops of a photo get their turn
+    with pytest.raises(TaskTooSmall, match="has 3 distinct content"):
+        TaskSampler(make_crops(n_photos=3), support_refs=2, query_refs=2)
+    parts = split_references(samples, seed=0)
+    srcs = [{s.source for s in p} for p in parts]
+    assert all(srcs) and not (srcs[0] & srcs[1] or srcs[0] & srcs[2] or srcs[1] & srcs[2])
+    train, val, test = few_shot_split(samples, shots=10, seed=0)
+    srcs = [{s.source for s in p} for p in (train, val, test)]
+    assert not (srcs[0] & srcs[1] or srcs[0] & srcs[2] or srcs[1] & srcs[2])

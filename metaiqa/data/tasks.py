@@ -6,6 +6,11 @@ the query loss then measures how well the adapted model generalises to new pictu
 the same distortion, and a ranking loss finds pairs (several levels of one content) in
 both sets. Samples whose ref_id is None are each their own content (authentic sets).
 
+Two ids matter (see `Sample`): `ref_id` is one reference image (all its levels are
+labelled relative to it), `content` = `source or ref_id` is the scene, which several
+references may share (synthetic crops cut from one photo). Splits and support/query
+are disjoint by scene; a task takes one reference per chosen scene, with all its levels.
+
 Everything here is deterministic under an explicit seed and independent of the order
 in which samples are given (they are sorted by content key, level and path first).
 """
@@ -57,7 +62,12 @@ class Task:
 
 
 def content_key(sample: Sample) -> str:
-    """The content a sample shows: its ref_id, or its own path when it has none."""
+    """The scene a sample shows (source or ref_id), or its own path when it has neither."""
+    return sample.content if sample.content is not None else f"path:{sample.path}"
+
+
+def reference_key(sample: Sample) -> str:
+    """The reference image a sample was made from, or its own path when it has none."""
     return sample.ref_id if sample.ref_id is not None else f"path:{sample.path}"
 
 
@@ -70,6 +80,18 @@ def _by_content(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
     out: dict[str, list[Sample]] = {}
     for s in samples:
         out.setdefault(content_key(s), []).append(s)
+    return {k: sorted(out[k], key=_sample_order) for k in sorted(out)}
+
+
+def _by_content_and_reference(samples: Iterable[Sample]) -> dict[str, dict[str, list[Sample]]]:
+    """content key -> reference key -> its samples (sorted); all keys in sorted order."""
+    return {c: _by_reference(group) for c, group in _by_content(samples).items()}
+
+
+def _by_reference(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for s in samples:
+        out.setdefault(reference_key(s), []).append(s)
     return {k: sorted(out[k], key=_sample_order) for k in sorted(out)}
 
 
@@ -87,7 +109,8 @@ class TaskSampler:
 
     Each `sample()` call picks `tasks_per_batch` groups: distinct groups when there are
     enough, otherwise every group once per round plus distinct extras. For each chosen
-    group it draws `support_refs + query_refs` distinct contents without replacement.
+    group it draws `support_refs + query_refs` distinct scenes without replacement and,
+    in each scene, one reference with all its levels (without sources: scene = reference).
     """
 
     def __init__(
@@ -111,12 +134,12 @@ class TaskSampler:
         for s in samples:
             by_group.setdefault(_group_name(s), []).append(s)
         need = support_refs + query_refs
-        self._tasks: dict[str, dict[str, list[Sample]]] = {}
+        self._tasks: dict[str, dict[str, dict[str, list[Sample]]]] = {}
         for g in sorted(by_group):
-            contents = _by_content(by_group[g])
+            contents = _by_content_and_reference(by_group[g])
             if len(contents) < need:
                 raise TaskTooSmall(
-                    f"group {g!r} has {len(contents)} distinct content(s) (ref_ids) with "
+                    f"group {g!r} has {len(contents)} distinct content(s) (scenes/ref_ids) with "
                     f"{len(by_group[g])} image(s), but a task needs support_refs={support_refs} + "
                     f"query_refs={query_refs} = {need} contents"
                 )
@@ -143,10 +166,12 @@ class TaskSampler:
         h = hashlib.sha256()
         for g, contents in self._tasks.items():
             h.update(g.encode())
-            for key, items in contents.items():
+            for key, refs in contents.items():
                 h.update(b"\0" + key.encode())
-                for s in items:
-                    h.update(b"\1" + str(s.path).encode())
+                for ref, items in refs.items():
+                    h.update(b"\2" + ref.encode())
+                    for s in items:
+                        h.update(b"\1" + str(s.path).encode())
         return h.hexdigest()[:16]
 
     def _pick_groups(self) -> list[int]:
@@ -167,13 +192,15 @@ class TaskSampler:
             contents = self._tasks[name]
             keys = list(contents)
             chosen = self._rng.choice(len(keys), size=self.support_refs + self.query_refs, replace=False)
-            sup_keys = [keys[i] for i in chosen[: self.support_refs]]
-            qry_keys = [keys[i] for i in chosen[self.support_refs :]]
+            picked = []
+            for i in chosen:
+                refs = list(contents[keys[i]].values())
+                picked.append(refs[int(self._rng.integers(len(refs)))])
             tasks.append(
                 Task(
                     name=name,
-                    support=[s for k in sup_keys for s in contents[k]],
-                    query=[s for k in qry_keys for s in contents[k]],
+                    support=[s for items in picked[: self.support_refs] for s in items],
+                    query=[s for items in picked[self.support_refs :] for s in items],
                 )
             )
         self._calls += 1
@@ -269,7 +296,7 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
 def split_references(
     samples: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
 ) -> tuple[list[Sample], ...]:
-    """Content-disjoint split (by ref_id) into len(fractions) parts, e.g. train/val/test.
+    """Content-disjoint split (by scene: source or ref_id) into len(fractions) parts, e.g. train/val/test.
 
     Contents are shuffled with `seed` and dealt out by fraction (largest remainder), each
     part with a nonzero fraction getting at least one content. Within a part samples
