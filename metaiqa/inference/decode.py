@@ -1,0 +1,175 @@
+"""Untrusted bytes -> uint8 HxWx3 RGB array, with every limit checked before pixels are decoded.
+
+Order of checks (cheapest first, so a hostile upload costs almost nothing):
+1. byte size                      -> FileTooLarge   (413)
+2. Pillow can identify the format -> NotAnImage     (415)
+3. pixel count from the header    -> TooManyPixels  (413)  (Pillow's decompression-bomb guard stays on)
+4. shortest side from the header  -> ImageTooSmall  (422)
+5. decode                         -> TruncatedImage (422)  (LOAD_TRUNCATED_IMAGES is never set)
+Then EXIF orientation is applied and any mode (L, 1, P, LA, RGBA, CMYK, I;16, I, F, ...) becomes
+8-bit RGB; transparent pixels are composited on white; animations give their first frame.
+"""
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from metaiqa.errors import MetaIQAError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what `decode_image` accepts; the service and the CLI share the defaults."""
+
+    max_bytes: int = 25 * 2**20
+    max_pixels: int = 50_000_000
+    min_side: int = 32
+
+
+class DecodeError(MetaIQAError):
+    """An input could not be turned into an RGB image; `http_status` is the answer the service gives."""
+
+    http_status: int = 422
+
+    def __init__(self, message: str, *, value: object = None, limit: object = None):
+        super().__init__(message)
+        self.value = value
+        self.limit = limit
+
+
+class FileTooLarge(DecodeError):
+    http_status = 413
+
+
+class TooManyPixels(DecodeError):
+    http_status = 413
+
+
+class NotAnImage(DecodeError):
+    http_status = 415
+
+
+class TruncatedImage(DecodeError):
+    """The format was recognised but the pixel data is cut short or corrupt."""
+
+    http_status = 422
+
+
+class ImageTooSmall(DecodeError):
+    http_status = 422
+
+
+def _ensure_bomb_guard(max_pixels: int) -> None:
+    """Keep Pillow's guard on and never stricter than our own limit (so our message wins).
+
+    The global only ever grows to the largest limit in use, which makes concurrent calls with
+    different limits safe: Pillow warns above it and refuses above twice it, and both are
+    already above every caller's own `max_pixels`.
+    """
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _check_size(n_bytes: int, limits: DecodeLimits, what: str) -> None:
+    if n_bytes > limits.max_bytes:
+        raise FileTooLarge(
+            f"{what} is {n_bytes} bytes, more than the limit of {limits.max_bytes} bytes",
+            value=n_bytes,
+            limit=limits.max_bytes,
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; alpha composited on white, 16/32-bit integer scaled to 8 bits."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
+        elif mode.startswith("I;16") or (arr.size and np.nanmax(arr) > 255):
+            arr = arr / 257.0  # 0..65535 -> 0..255 exactly at both ends
+        arr = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    return img.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV, ...
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Decode untrusted image bytes to a uint8 HxWx3 RGB array, EXIF-oriented, first frame only."""
+    _check_size(len(data), limits, "image")
+    _ensure_bomb_guard(limits.max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise TooManyPixels(
+                f"image header declares too many pixels ({exc}); limit is {limits.max_pixels} pixels",
+                limit=limits.max_pixels,
+            ) from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            head = data[:8].hex()
+            raise NotAnImage(
+                f"not a recognised image ({len(data)} bytes, starting with 0x{head or '<empty>'})",
+                value=head,
+            ) from exc
+        with img:
+            w, h = img.size
+            if w * h > limits.max_pixels:
+                raise TooManyPixels(
+                    f"image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}",
+                    value=w * h,
+                    limit=limits.max_pixels,
+                )
+            if min(w, h) < limits.min_side:
+                raise ImageTooSmall(
+                    f"image is {w}x{h}; its shorter side {min(w, h)} is below the minimum of {limits.min_side} px",
+                    value=min(w, h),
+                    limit=limits.min_side,
+                )
+            fmt = img.format
+            try:
+                img.load()  # Image.open leaves animations on frame 0
+                frame = img.copy()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise TooManyPixels(
+                    f"image frame has too many pixels ({exc}); limit is {limits.max_pixels}",
+                    limit=limits.max_pixels,
+                ) from exc
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise TruncatedImage(
+                    f"{fmt or 'image'} {w}x{h} could not be decoded, file truncated or corrupt ({exc})",
+                    value=len(data),
+                ) from exc
+    try:
+        frame = ImageOps.exif_transpose(frame)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError) as exc:  # broken EXIF: keep pixels as stored
+        log.warning("ignoring unreadable EXIF orientation (%s)", exc)
+    return np.array(_to_rgb(frame), dtype=np.uint8, order="C")  # a writable copy, unlike np.asarray
+
+
+def read_image_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Decode an image file, refusing an oversized one from its size on disk before reading it.
+
+    Missing or unreadable files raise OSError (FileNotFoundError, IsADirectoryError, ...),
+    which callers report per file.
+    """
+    path = Path(path)
+    _check_size(path.stat().st_size, limits, str(path))
+    return decode_image(path.read_bytes(), limits)

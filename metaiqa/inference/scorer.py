@@ -1,0 +1,178 @@
+"""Scorer: decoded images -> the checkpoint's preprocessing -> one batched forward -> scores in [0, 1].
+
+Validation (engineer D), the CLI and the service all score through this class, so an image gets
+the same number everywhere. It imports only models, data.transforms and decode: no training
+code, piq or matplotlib (start-up time and memory of the service).
+"""
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metaiqa.data.transforms import apply_policy, to_tensor
+from metaiqa.errors import InvalidInput
+from metaiqa.inference.decode import DecodeError, DecodeLimits, decode_image, read_image_file
+from metaiqa.models.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One scored image: its score and the size it had after EXIF orientation."""
+
+    score: float
+    width: int
+    height: int
+
+
+class Scorer:
+    """A model in eval mode plus the preprocessing it was trained/validated with.
+
+    `crops=N` (center_crop policy only) averages the scores of N crops spread over the image;
+    other policies produce one view and ignore it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Mapping[str, Any],
+        *,
+        name: str = "model",
+        meta: Mapping[str, Any] | None = None,
+        crops: int = 1,
+        limits: DecodeLimits = DecodeLimits(),
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess = dict(preprocess)
+        self.name = name
+        self.meta = dict(meta or {})
+        self.crops = self._check_crops(crops)
+        self.limits = limits
+        if threads is not None:
+            if int(threads) < 1:
+                raise InvalidInput(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(int(threads))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kw: Any) -> "Scorer":
+        """Load a verified checkpoint; its sidecar's preprocess and metadata come along."""
+        ckpt = load_checkpoint(path, device=kw.get("device", "cpu"))
+        kw.setdefault("name", ckpt.name)
+        kw.setdefault("meta", ckpt.meta)
+        preprocess = kw.pop("preprocess", None) or ckpt.preprocess
+        return cls(ckpt.model, preprocess, **kw)
+
+    def __repr__(self) -> str:
+        return f"Scorer(name={self.name!r}, preprocess={self.preprocess}, crops={self.crops})"
+
+    @staticmethod
+    def _check_crops(crops: int) -> int:
+        if isinstance(crops, bool) or not isinstance(crops, int | np.integer) or crops < 1:
+            raise InvalidInput(f"crops must be an integer >= 1, got {crops!r}")
+        return int(crops)
+
+    def views(self, image: np.ndarray, crops: int | None = None) -> torch.Tensor:
+        """The (k, 3, h, w) batch of views the model scores for one uint8 HxWx3 image."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            got = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+            raise InvalidInput(f"expected a uint8 HxWx3 numpy array, got {got}")
+        n = self.crops if crops is None else self._check_crops(crops)
+        return apply_policy(to_tensor(image), self.preprocess, n)
+
+    def score_arrays(self, images: Sequence[np.ndarray], crops: int | None = None) -> list[float]:
+        """Score decoded images; all views of all images go through the model together.
+
+        Views of equal size are stacked into one forward pass (with center_crop/resize that is
+        every view); the native policy needs one pass per distinct image size.
+        """
+        if not images:
+            return []
+        per_image = [self.views(img, crops) for img in images]
+        owners = [i for i, v in enumerate(per_image) for _ in range(v.shape[0])]
+        flat = [view for v in per_image for view in v]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for j, view in enumerate(flat):
+            by_shape.setdefault(tuple(view.shape), []).append(j)
+        view_scores = torch.empty(len(flat), dtype=torch.float64)
+        with torch.inference_mode():
+            for idx in by_shape.values():
+                batch = torch.stack([flat[j] for j in idx]).to(self.device)
+                out = self.model(batch).reshape(-1).double().cpu()
+                view_scores[idx] = out
+        sums = np.zeros(len(images))
+        counts = np.zeros(len(images))
+        np.add.at(sums, owners, view_scores.numpy())
+        np.add.at(counts, owners, 1)
+        return [float(s) for s in sums / counts]
+
+    def score_bytes(self, blobs: Sequence[bytes], crops: int | None = None) -> list[float]:
+        """Decode (with this scorer's limits) and score; the first bad blob raises its DecodeError."""
+        return self.score_arrays([decode_image(b, self.limits) for b in blobs], crops)
+
+    def score_paths(
+        self, paths: Sequence[str | os.PathLike], crops: int | None = None, batch_size: int = 16
+    ) -> list[float]:
+        """Score files, reading `batch_size` at a time; the first unreadable file raises."""
+        out: list[float] = []
+        for start in range(0, len(paths), self._check_batch(batch_size)):
+            chunk = paths[start : start + batch_size]
+            out += self.score_arrays([read_image_file(p, self.limits) for p in chunk], crops)
+        return out
+
+    def score_bytes_safe(
+        self, blobs: Sequence[bytes], crops: int | None = None
+    ) -> list[ScoreResult | DecodeError]:
+        """Like score_bytes, but a bad blob yields its exception in its slot instead of raising."""
+        return self._score_decoded([_attempt(decode_image, b, self.limits) for b in blobs], crops)
+
+    def score_paths_safe(
+        self,
+        paths: Sequence[str | os.PathLike],
+        crops: int | None = None,
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[ScoreResult | DecodeError | OSError]:
+        """Per-file results: a ScoreResult, or the DecodeError/OSError that file raised.
+
+        Never aborts the batch for a bad file. `progress(n)` is called after each chunk of n files.
+        """
+        out: list[ScoreResult | DecodeError | OSError] = []
+        for start in range(0, len(paths), self._check_batch(batch_size)):
+            chunk = paths[start : start + batch_size]
+            out += self._score_decoded([_attempt(read_image_file, Path(p), self.limits) for p in chunk], crops)
+            if progress is not None:
+                progress(len(chunk))
+        return out
+
+    def _score_decoded(self, decoded: list, crops: int | None) -> list:
+        good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+        scores = self.score_arrays([decoded[i] for i in good], crops)
+        out = list(decoded)
+        for i, s in zip(good, scores, strict=True):
+            h, w = decoded[i].shape[:2]
+            out[i] = ScoreResult(s, int(w), int(h))
+        return out
+
+    @staticmethod
+    def _check_batch(batch_size: int) -> int:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        return batch_size
+
+
+def _attempt(fn: Callable[..., np.ndarray], *args: Any) -> np.ndarray | DecodeError | OSError:
+    try:
+        return fn(*args)
+    except (DecodeError, OSError) as exc:
+        return exc
