@@ -167,7 +167,7 @@ def test_threads_left_alone_unless_given(tiny):
 
 def test_import_does_not_pull_training_piq_or_matplotlib():
     code = (
-        "import sys, metaiqa.inference.scorer\n"
+        "import sys, metaiqa.inference.scorer, metaiqa.inference.heatmap, metaiqa.models.pretrained\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('piq', 'matplotlib', 'service')\n"
         "       or m.startswith(('metaiqa.meta', 'metaiqa.cli', 'metaiqa.data.synth', 'metaiqa.data.tasks',\n"
         "                        'metaiqa.labels', 'metaiqa.distortions', 'metaiqa.evaluation'))]\n"
@@ -176,3 +176,63 @@ def test_import_does_not_pull_training_piq_or_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+# --- metaiqa.models.pretrained: where checkpoints come from ---------------------------------
+
+
+def _ckpt(tmp_path, name):
+    return save_checkpoint(tmp_path / f"{name}.safetensors", create_model("metaiqa_tiny"), model_name="metaiqa_tiny")
+
+
+def test_default_model_not_bundled_gives_clear_error():
+    from metaiqa.models.pretrained import (
+        DEFAULT_MODEL,
+        ModelNotFound,
+        default_checkpoint_path,
+        resolve_checkpoint,
+    )
+
+    assert DEFAULT_MODEL == "metaiqa-default"
+    assert default_checkpoint_path().name == "metaiqa-default.safetensors"
+    if default_checkpoint_path().is_file():  # once the prior ships, both specs resolve to it
+        assert resolve_checkpoint(None) == resolve_checkpoint(DEFAULT_MODEL) == default_checkpoint_path()
+        return
+    for spec in (None, DEFAULT_MODEL):
+        with pytest.raises(ModelNotFound, match="no default model.*bundled.*--model"):
+            resolve_checkpoint(spec)
+
+
+def test_resolve_names_and_paths(tmp_path, monkeypatch):
+    from metaiqa.models.pretrained import ModelNotFound, list_checkpoints, resolve_checkpoint
+
+    models = tmp_path / "models"
+    a = _ckpt(models, "alpha")
+    b = _ckpt(models, "beta.v2")
+    (models / "orphan.safetensors").write_bytes(b"x")  # no sidecar: not listed
+    assert list_checkpoints(models) == {"alpha": a, "beta.v2": b}
+    assert list_checkpoints(tmp_path / "nowhere") == {} and list_checkpoints(None) == {}
+    assert resolve_checkpoint("alpha", models) == a
+    assert resolve_checkpoint("beta.v2", models) == b
+    assert resolve_checkpoint(str(a)) == a  # a path
+    assert resolve_checkpoint(str(a.with_suffix(".json"))) == a  # its sidecar
+    monkeypatch.chdir(models)
+    assert resolve_checkpoint("alpha") == a  # "alpha" -> ./alpha.safetensors
+    with pytest.raises(ModelNotFound, match="'gamma'.*available: alpha, beta.v2") as err:
+        resolve_checkpoint("gamma", models)
+    assert err.value.available == ["alpha", "beta.v2"]
+    outside = _ckpt(tmp_path, "outside")
+    assert resolve_checkpoint(str(outside), models) == outside
+    for bad in ("../outside", str(outside), "/etc/passwd", ".hidden"):
+        with pytest.raises(ModelNotFound):
+            resolve_checkpoint(bad, models, allow_paths=False)
+    with pytest.raises(ModelNotFound, match="invalid model name"):
+        resolve_checkpoint("../outside", models, allow_paths=False)
+
+
+def test_scorer_from_resolved_name(tmp_path):
+    from metaiqa.models.pretrained import resolve_checkpoint
+
+    _ckpt(tmp_path, "m1")
+    scorer = Scorer.from_checkpoint(resolve_checkpoint("m1", tmp_path))
+    assert scorer.name == "m1" and 0 <= scorer.score_arrays([natural_image(64)])[0] <= 1

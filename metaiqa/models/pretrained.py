@@ -1,0 +1,103 @@
+"""Where checkpoints come from: the bundled default, a models directory of named ones, or a path.
+
+Names are plain file stems (`^[A-Za-z0-9][A-Za-z0-9._-]*$`), so a name taken from a request
+can never point outside the models directory; the service should resolve with
+`allow_paths=False` so clients cannot name arbitrary server files either.
+"""
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from metaiqa.errors import MetaIQAError
+from metaiqa.models.checkpoint import checkpoint_paths
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "metaiqa-default"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelNotFound(MetaIQAError, LookupError):
+    """A model name or checkpoint path that does not lead to a checkpoint; `available` lists names."""
+
+    def __init__(self, message: str, available: list[str] | None = None):
+        super().__init__(message)
+        self.available = list(available or [])
+
+
+def default_checkpoint_path() -> Path:
+    """Where the bundled default prior lives (it may be absent in a development build)."""
+    return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(NAME_PATTERN.match(name)) and name not in (".", "..")
+
+
+def list_checkpoints(models_dir: str | os.PathLike | None) -> dict[str, Path]:
+    """Named checkpoints in `models_dir`: {stem: tensor path} for each NAME.safetensors with a sidecar.
+
+    A missing folder gives {} (a service may start with only the default model).
+    """
+    if models_dir is None:
+        return {}
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        log.debug("models directory %s does not exist", folder)
+        return {}
+    found = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        if is_valid_name(path.stem) and path.with_suffix(".json").is_file():
+            found[path.stem] = path
+    return found
+
+
+def _available(models_dir: str | os.PathLike | None) -> list[str]:
+    names = list(list_checkpoints(models_dir))
+    if default_checkpoint_path().is_file():
+        names.insert(0, DEFAULT_MODEL)
+    return names
+
+
+def resolve_checkpoint(
+    spec: str | os.PathLike | None,
+    models_dir: str | os.PathLike | None = None,
+    *,
+    allow_paths: bool = True,
+) -> Path:
+    """A model spec -> the checkpoint's tensor file path (absolute).
+
+    None or "metaiqa-default": the bundled prior. A name: `models_dir/NAME.safetensors`.
+    Otherwise (if `allow_paths`): a path to a checkpoint (.safetensors, its .json sidecar, or a
+    folder holding model.safetensors). Raises ModelNotFound with the names that do exist.
+    """
+    if spec is None or str(spec) == DEFAULT_MODEL:
+        path = default_checkpoint_path()
+        if path.is_file():
+            return path
+        raise ModelNotFound(
+            f"no default model ({DEFAULT_MODEL}) is bundled in this build (looked for {path}); "
+            "pass --model CKPT with a checkpoint trained by `metaiqa train` / `metaiqa adapt`, "
+            "or the name of one in the models directory",
+            _available(models_dir),
+        )
+    text = str(spec)
+    if models_dir is not None and is_valid_name(text):
+        path = Path(models_dir) / f"{text}.safetensors"
+        if path.is_file():
+            return path.absolute()
+    if allow_paths:
+        tensor_path, _ = checkpoint_paths(Path(text).expanduser())
+        if tensor_path.is_file():
+            return tensor_path.absolute()
+    available = _available(models_dir)
+    where = f" in {models_dir}" if models_dir is not None else ""
+    kind = "model name or checkpoint path" if allow_paths else "model name"
+    if not allow_paths and not is_valid_name(text):
+        msg = f"invalid model name {text!r}: names match {NAME_PATTERN.pattern}"
+    else:
+        msg = f"{kind} {text!r} not found{where}"
+    raise ModelNotFound(f"{msg}; available: {', '.join(available) or 'none'}", available)
