@@ -35,14 +35,14 @@ class ReportInputError(InvalidInput):
 # ---------------------------------------------------------------------------- helpers
 
 
-def _clean(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
     """Recursively turn numpy scalars into Python numbers and NaN/inf into None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_clean(v) for v in obj.tolist()]
+        return [to_jsonable(v) for v in obj.tolist()]
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, float | np.floating):
@@ -207,7 +207,7 @@ def evaluate(
         "per_group": per_group,
         "splits": split_part,
     }
-    return _clean(report)
+    return to_jsonable(report)
 
 
 def write_report(
@@ -234,6 +234,6 @@ def write_report(
     for s, v in zip(samples, p, strict=True):
         w.writerow([s.path, s.group or "", s.ref_id or "", "" if s.level is None else s.level, s.mos, f"{v:.6f}"])
     atomic_write_bytes(paths["predictions"], buf.getvalue().encode())
-    atomic_write_json(paths["json"], _clean(report))
+    atomic_write_json(paths["json"], to_jsonable(report))
     atomic_write_bytes(paths["html"], render_html(report, png).encode())
     return paths
