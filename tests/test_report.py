@@ -143,3 +143,14 @@ def test_write_report_files(tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     rows = paths["predictions"].read_text().splitlines()
     assert len(rows) == len(samples) + 1 and rows[0].startswith("path,")
+
+
+def test_html_names_the_model_whether_given_as_dict_or_name(tmp_path):
+    preds, samples = synthetic()
+    rep = evaluate(preds, samples, bootstrap=0)
+    rep["model"] = "my-model"  # the service stores just the served name
+    page = write_report(rep, preds, samples, tmp_path / "a")["html"].read_text()
+    assert "my-model" in page
+    rep["model"] = {"name": "ckpt-7", "architecture": "metaiqa_tiny", "crops": 1}
+    page = write_report(rep, preds, samples, tmp_path / "b")["html"].read_text()
+    assert "ckpt-7" in page and "metaiqa_tiny" in page

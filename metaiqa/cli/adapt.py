@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "val SROCC (the prior itself counts) and saves them with a JSON sidecar recording config, data and "
         "metrics. Settings: defaults < --config YAML < --set key=value < the flags below.",
     )
-    ft.add_argument("--prior", required=True, metavar="CKPT",
-                    help="prior checkpoint (.safetensors with its .json sidecar), e.g. from meta-train, or a model name")
+    ft.add_argument("--prior", metavar="CKPT",
+                    help="prior checkpoint (.safetensors with its .json sidecar, e.g. from meta-train) or a model "
+                    "name (default: the bundled metaiqa-default model)")
     ft.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     ft.add_argument("--shots", type=int, metavar="K",
                     help="labelled images used for adaptation, train + val (default 50)")
@@ -54,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(80% of the contents each). Writes report.json, scatter.png, predictions.csv and a self-contained "
         "report.html to --out.",
     )
-    va.add_argument("--model", required=True, metavar="CKPT", help="checkpoint path or registered model name")
+    va.add_argument("--model", metavar="CKPT",
+                    help="checkpoint path or model name (default: the bundled metaiqa-default model)")
     va.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     va.add_argument("--splits", type=int, default=1, help="random content-disjoint subsets (80%% of contents each) to take the median over (default 1: none)")
     va.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
@@ -68,13 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     va.set_defaults(func=cmd_validate)
 
 
-def resolve_model(spec: str) -> Path:
-    """A checkpoint path, or a registered model name once metaiqa.models.pretrained exists."""
-    try:
-        from metaiqa.models.pretrained import resolve_checkpoint
-    except ImportError:
-        return Path(spec)
-    return Path(resolve_checkpoint(spec))
+def resolve_model(spec: str | None) -> Path:
+    """A checkpoint path or a registered model name (None: the bundled default) -> tensor file."""
+    from metaiqa.models.pretrained import resolve_checkpoint
+
+    return resolve_checkpoint(spec)
 
 
 def cmd_fine_tune(args: argparse.Namespace) -> int:

@@ -109,10 +109,13 @@ def render_html(report: dict[str, Any], png: bytes | None) -> str:
              "<title>metaiqa validation report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>metaiqa validation report</h1>"]
     model = report.get("model") or {}
+    if not isinstance(model, dict):  # callers may store just the model's name
+        model = {"name": str(model)}
     meta = [f"{len(report.get('per_group') or {})} groups", f"n = {report.get('n')}",
             f"{report.get('n_contents')} contents"]
     if model:
-        meta.insert(0, f"model {model.get('name')} ({model.get('architecture')})")
+        arch = f" ({model['architecture']})" if model.get("architecture") else ""
+        meta.insert(0, f"model {model.get('name')}{arch}")
     parts.append(f"<p class='meta'>{esc(' · '.join(str(x) for x in meta))}</p>")
 
     parts.append("<h2>Overall</h2>")
