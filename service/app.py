@@ -1,0 +1,130 @@
+"""FastAPI application factory: `create_app(settings)`; models load once, in the lifespan.
+
+    uvicorn --factory service.app:create_app_from_env        (what `metaiqa serve` runs)
+
+Layout: /v1/* (score, heatmap, gate, validate, reports, models; behind the optional API key),
+/healthz, /readyz, /metrics, and the web page at / (static files, no CDN).
+"""
+
+import logging
+import shutil
+import tempfile
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from metaiqa import __version__
+from service.batching import InferenceQueue
+from service.deps import ServiceState, require_api_key
+from service.errors import install_error_handlers
+from service.jobs import JobStore
+from service.metrics import ServiceMetrics
+from service.middleware import LimitAndMeasure
+from service.models import ModelSet, load_models
+from service.routes import gate, health, heatmap, models, score, validate
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("service")
+
+STATIC_DIR = Path(__file__).parent / "static"
+VALIDATE_PATH = "/v1/validate"
+
+
+def _start(state: ServiceState, loaded: ModelSet) -> None:
+    s = state.settings
+    state.models = loaded
+    metrics = state.metrics
+
+    def on_batch(scorer, scores: list[float]) -> None:
+        metrics.batch_size.observe(len(scores))
+        metrics.images.inc(len(scores), model=scorer.name)
+        for v in scores:
+            metrics.scores.observe(v, model=scorer.name)
+
+    state.queue = InferenceQueue(
+        capacity=s.queue_size,
+        max_batch=s.max_batch,
+        max_wait_s=s.max_wait_ms / 1000.0,
+        retry_after_s=s.retry_after_s,
+        on_batch=on_batch,
+        on_reject=lambda: metrics.rejected.inc(),
+    )
+    state.queue.start()
+    state.decode_limiter = anyio.CapacityLimiter(s.max_concurrent_decodes)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A service instance; nothing heavy happens until the lifespan starts (uvicorn / TestClient)."""
+    settings = settings or load_settings()
+    metrics = ServiceMetrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        loaded = await anyio.to_thread.run_sync(load_models, settings)
+        for err in loaded.errors:
+            log.warning("model load problem: %s", err)
+        _start(state, loaded)
+        own_reports = settings.reports_dir is None
+        reports = Path(tempfile.mkdtemp(prefix="metaiqa-reports-")) if own_reports else Path(settings.reports_dir)
+        reports.mkdir(parents=True, exist_ok=True)
+        state.jobs = JobStore(reports, max_pending=settings.validate_max_pending, keep=settings.validate_keep_reports)
+        log.info("serving models %s (default %s)", sorted(loaded.models), loaded.default)
+        try:
+            yield
+        finally:
+            state.jobs.shutdown()
+            state.queue.stop()
+            if own_reports:
+                shutil.rmtree(reports, ignore_errors=True)
+
+    app = FastAPI(
+        title="metaiqa",
+        version=__version__,
+        description="No-reference image quality scores (MetaIQA), heatmaps, quality gates and validation reports.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    metrics.add_gauge("metaiqa_queue_depth", "images waiting for the inference thread", lambda: state.queue.depth if state.queue else 0)
+    metrics.add_gauge("metaiqa_models_loaded", "models loaded", lambda: len(state.models.models))
+    metrics.add_gauge(
+        "metaiqa_validation_jobs_pending", "validation jobs queued or running", lambda: state.jobs.pending() if state.jobs else 0
+    )
+    install_error_handlers(app)
+
+    def body_limit(path: str) -> int:
+        return settings.validate_max_zip_bytes if path == VALIDATE_PATH else settings.max_upload_bytes
+
+    templates: dict[int, str] = {}  # route object -> full path template, for metric labels
+
+    def template_of(route) -> str | None:
+        return templates.get(id(route)) or getattr(route, "path", None)
+
+    app.add_middleware(LimitAndMeasure, limit_for=body_limit, metrics=metrics, template_of=template_of)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    for module in (score, heatmap, gate, validate, models):
+        v1.include_router(module.router)
+        templates.update({id(r): "/v1" + r.path for r in module.router.routes})
+    app.include_router(v1)
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For `uvicorn --factory` (and `metaiqa serve`, which passes its flags as METAIQA_* env)."""
+    return create_app(load_settings())

@@ -1,0 +1,48 @@
+"""POST /v1/score: one or more images -> a quality score each (higher is better, in [0, 1])."""
+
+import time
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from service.deps import ModelDep, QueueDep, State, Uploads, decode_uploads
+from service.openapi import IMAGE_UPLOAD
+
+router = APIRouter(tags=["score"])
+
+
+class ScoreItem(BaseModel):
+    filename: str
+    score: float
+    width: int
+    height: int
+    latency_ms: float
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    results: list[ScoreItem]
+
+
+async def score_uploads(uploads, served, queue, state) -> list[ScoreItem]:
+    """Decode + score through the batching queue; latency is per image, decode to result."""
+    start = time.perf_counter()
+    decoded = await decode_uploads(uploads, served, state)
+    decode_s = time.perf_counter() - start
+    scored = await queue.scores(served.scorer, [d.image for d in decoded])
+    return [
+        ScoreItem(
+            filename=d.filename,
+            score=round(s, 6),
+            width=d.width,
+            height=d.height,
+            latency_ms=round((decode_s + wait) * 1000, 2),
+        )
+        for d, (s, wait) in zip(decoded, scored, strict=True)
+    ]
+
+
+@router.post("/score", response_model=ScoreResponse, openapi_extra=IMAGE_UPLOAD)
+async def score(uploads: Uploads, served: ModelDep, queue: QueueDep, state: State) -> ScoreResponse:
+    """Score images sent as multipart field `image` (repeatable) or JSON `{"images": [{filename, data}]}`."""
+    return ScoreResponse(model=served.name, results=await score_uploads(uploads, served, queue, state))

@@ -1,0 +1,130 @@
+// metaiqa web page: pick/drop an image -> POST /v1/score and /v1/heatmap -> show both. No dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { objectUrls: [] };
+
+function headers(extra = {}) {
+  const key = $("apikey").value.trim();
+  return key ? { ...extra, "X-API-Key": key } : extra;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    return `${resp.status}: ${body.detail}`;
+  } catch (_) {
+    return `${resp.status} ${resp.statusText}`;
+  }
+}
+
+async function loadModels() {
+  const select = $("model");
+  const resp = await fetch("/v1/models", { headers: headers() });
+  if (!resp.ok) {
+    setStatus(`cannot list models (${await errorText(resp)})`, true);
+    return;
+  }
+  const body = await resp.json();
+  select.replaceChildren();
+  for (const m of body.models) {
+    const opt = document.createElement("option");
+    opt.value = m.name;
+    opt.textContent = m.default ? `${m.name} (default)` : m.name;
+    opt.selected = m.default;
+    select.append(opt);
+  }
+  if (!body.models.length) setStatus("the server has no model loaded; see /readyz", true);
+}
+
+function releaseUrls() {
+  state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.objectUrls = [];
+}
+
+function objectUrl(blob) {
+  const url = URL.createObjectURL(blob);
+  state.objectUrls.push(url);
+  return url;
+}
+
+async function analyse(file) {
+  if (!file) return;
+  releaseUrls();
+  const model = $("model").value;
+  const query = model ? `?model=${encodeURIComponent(model)}` : "";
+  const form = () => {
+    const f = new FormData();
+    f.append("image", file, file.name);
+    return f;
+  };
+  setStatus(`scoring ${file.name} …`);
+  $("result").hidden = false;
+  $("score").textContent = "…";
+  $("score").dataset.score = "";
+  $("original").src = objectUrl(file);
+  $("heatmap").removeAttribute("src");
+
+  const scoreResp = await fetch(`/v1/score${query}`, { method: "POST", body: form(), headers: headers() });
+  if (!scoreResp.ok) {
+    $("score").textContent = "–";
+    setStatus(`could not score ${file.name}: ${await errorText(scoreResp)}`, true);
+    return;
+  }
+  const body = await scoreResp.json();
+  const r = body.results[0];
+  $("score").textContent = r.score.toFixed(3);
+  $("score").dataset.score = String(r.score);
+  $("bar-fill").style.width = `${Math.round(r.score * 100)}%`;
+  $("used-model").textContent = body.model;
+  $("filename").textContent = r.filename;
+  $("dims").textContent = `${r.width} × ${r.height}`;
+  $("latency").textContent = `${r.latency_ms.toFixed(0)} ms`;
+  setStatus(`computing heatmap …`);
+
+  const method = $("method").value;
+  const sep = query ? "&" : "?";
+  const heatResp = await fetch(`/v1/heatmap${query}${sep}method=${method}`, {
+    method: "POST",
+    body: form(),
+    headers: headers({ Accept: "image/png" }),
+  });
+  if (!heatResp.ok) {
+    setStatus(`score ok; heatmap failed: ${await errorText(heatResp)}`, true);
+    return;
+  }
+  $("heatmap").src = objectUrl(await heatResp.blob());
+  $("heatmap-caption").textContent =
+    method === "gradient" ? "Heatmap: |∂score/∂pixel| (bright = influential)" : "Heatmap: Grad-CAM, last stage";
+  setStatus(`done: ${file.name}`);
+}
+
+function setupDrop() {
+  const drop = $("drop");
+  ["dragenter", "dragover"].forEach((ev) =>
+    drop.addEventListener(ev, (e) => {
+      e.preventDefault();
+      drop.classList.add("over");
+    })
+  );
+  ["dragleave", "drop"].forEach((ev) =>
+    drop.addEventListener(ev, (e) => {
+      e.preventDefault();
+      drop.classList.remove("over");
+    })
+  );
+  drop.addEventListener("drop", (e) => analyse(e.dataTransfer.files[0]));
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") $("file").click();
+  });
+  $("file").addEventListener("change", (e) => analyse(e.target.files[0]));
+  $("apikey").addEventListener("change", loadModels);
+}
+
+setupDrop();
+loadModels().catch((e) => setStatus(`cannot reach the server: ${e}`, true));
