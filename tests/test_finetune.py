@@ -219,3 +219,24 @@ def test_help_states_the_config_defaults():
     for flag, key in (("--shots", "shots"), ("--epochs", "epochs"), ("--lr", "lr"), ("--head-lr", "head_lr"),
                       ("--batch-size", "batch_size"), ("--patience", "patience"), ("--seed", "seed")):
         assert f"(default {getattr(cfg, key)})" in text.split(flag, 2)[-1].split("--", 1)[0], flag
+
+
+def test_freeze_backbone_trains_only_the_head(data):
+    model = load_checkpoint(data["prior"]).model
+    train, val = _split(data["samples"])
+    cfg = FineTuneConfig(**{**FAST, "epochs": 1, "freeze_backbone": True, "patience": 5})
+    net, hist = fine_tune(model, train, [], cfg, preprocess=PREPROCESS, progress=False)
+    assert hist["criterion"] == "none" and hist["best_epoch"] == 1  # no val: the last epoch is kept
+    old, new = model.state_dict(), net.state_dict()
+    params = dict(model.named_parameters())
+    changed = {k for k in params if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+
+
+def test_resize_policy_trains_on_the_scale_the_scorer_sees(data):
+    model = load_checkpoint(data["prior"]).model
+    train, val = _split(data["samples"])
+    pre = {"policy": "resize", "size": 40}
+    cfg = FineTuneConfig(**{**FAST, "epochs": 1, "crop_size": 32})
+    net, hist = fine_tune(model, train, val, cfg, preprocess=pre, progress=False)
+    assert hist["crop_size"] == 32 and math.isfinite(hist["epochs"][1]["train_loss"])

@@ -26,7 +26,7 @@ from torch import nn
 
 from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError, Sample
-from metaiqa.data.transforms import apply_policy, to_tensor
+from metaiqa.data.transforms import apply_policy, resize_short_side, to_tensor
 from metaiqa.errors import InvalidInput
 from metaiqa.evaluation import metrics
 from metaiqa.meta.images import ImageCache, task_batch
@@ -103,6 +103,20 @@ def _val_metrics(pred: np.ndarray, mos: np.ndarray) -> dict[str, float]:
     }
 
 
+class _ResizedCache:
+    """For the "resize" scoring policy: training crops come from images at the scale the Scorer sees."""
+
+    def __init__(self, cache: ImageCache, size: int):
+        self.cache, self.size, self._store = cache, size, {}
+
+    def get(self, path) -> np.ndarray:
+        key = str(path)
+        if key not in self._store:
+            x = resize_short_side(to_tensor(self.cache.get(path)), self.size)
+            self._store[key] = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        return self._store[key]
+
+
 def _set_batchnorm(model: nn.Module, mode: str) -> None:
     if mode == "frozen":
         for m in model.modules():
@@ -145,6 +159,9 @@ def fine_tune(
     cache = cache if cache is not None else ImageCache()
     train_samples = list(train_samples)
     val_imgs = [cache.get(s.path) for s in val_samples]
+    train_cache = cache
+    if preprocess.get("policy") == "resize":
+        train_cache = _ResizedCache(cache, int(preprocess.get("size", size)))
     # authentic sets (no reference ids): MOS are comparable across images, so rank all pairs
     rank_all = all(s.ref_id is None for s in train_samples)
     y_val = np.asarray([float(s.mos) for s in val_samples], dtype=np.float64)
@@ -190,7 +207,7 @@ def fine_tune(
                 if len(idx) < 2 and len(order) > 1 and cfg.batchnorm == "train":
                     continue  # BatchNorm cannot train on a single image
                 # C's task_batch: one crop box + flip per reference, so ranked pairs show the same patch
-                x, tgt = task_batch([train_samples[i] for i in idx], cache, crop_size=size, rng=rng, flip=cfg.flip)
+                x, tgt = task_batch([train_samples[i] for i in idx], train_cache, crop_size=size, rng=rng, flip=cfg.flip)
                 if rank_all:
                     tgt = tgt._replace(content=None)
                 loss = iqa_loss(net(x), tgt, ranking_weight=cfg.ranking_weight, margin=cfg.ranking_margin)
