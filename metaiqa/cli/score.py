@@ -1,7 +1,350 @@
-"""Sub-commands (filled in by the issue that owns them)."""
+"""`metaiqa score` and `metaiqa gate`: score image files, or pass/fail them against a threshold.
+
+Exit codes. score: 0 if at least one image was scored, 2 if none could be (bad input or
+usage). gate: 0 if failures <= --max-failures, 1 if more failed, 2 for usage errors or any
+unreadable input -- distinct from "images failed the gate" so a pipeline can tell them apart.
+Results go to stdout; progress, warnings and logs go to stderr.
+"""
 
 import argparse
+import csv
+import glob
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("metaiqa.cli.score")
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+)
+PROGRESS_MIN = 5  # show a progress bar from this many images on
+
+SCORE_EPILOG = """\
+examples:
+  metaiqa score photo.jpg --model runs/prior/best.safetensors
+  metaiqa score photos/ 'shots/**/*.png' --format json > scores.json
+  metaiqa score photos/ --format csv --crops 4 --heatmap-dir heat/
+  metaiqa score photos/ --format json | jq '.[] | select(.score < 0.4) | .path'
+
+Folders are searched recursively for image files (jpg, png, webp, tif, bmp, gif, ...);
+quote globs so the shell does not expand them (** works). Unreadable files are reported
+per file (error column / "error" key) and never stop the batch. Exit code 0 if at least
+one image was scored, 2 if none could be.
+"""
+
+GATE_EPILOG = """\
+examples:
+  metaiqa gate upload/*.jpg --min-score 0.45 --model shop-v2 --models-dir models/
+  metaiqa gate batch/ --min-score 0.5 --max-failures 3 --format json > gate.json
+  metaiqa gate new.png --min-score 0.6 && publish new.png
+
+Exit codes: 0 = at most --max-failures images scored below --min-score;
+1 = more failed; 2 = usage error or an input could not be read (checked before the gate).
+"""
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"scores lie in [0, 1]; got {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or quoted globs")
+    p.add_argument(
+        "--model",
+        metavar="NAME|CKPT",
+        help="checkpoint path, or a name in --models-dir (default: the bundled metaiqa-default)",
+    )
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=os.environ.get("METAIQA_MODELS_DIR") or None,
+        metavar="DIR",
+        help="folder of named checkpoints NAME.safetensors (default: $METAIQA_MODELS_DIR)",
+    )
+    p.add_argument(
+        "--crops",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="average N crops spread over each image (center_crop policy; default 1)",
+    )
+    p.add_argument("--batch-size", type=_int_at_least(1), default=16, metavar="N", help="images per forward pass")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="torch CPU threads")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to the `metaiqa` parser."""
+    """Add `score` and `gate` to the `metaiqa` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "score",
+        help="score images (quality in [0, 1], higher is better)",
+        description="Score image quality with a MetaIQA checkpoint: 0 = worst, 1 = best.",
+        epilog=SCORE_EPILOG,
+        formatter_class=fmt,
+    )
+    _add_model_args(p)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output on stdout")
+    p.add_argument("--heatmap-dir", type=Path, metavar="DIR", help="also write a heat-map overlay PNG per image")
+    p.add_argument(
+        "--heatmap-method",
+        choices=("gradient", "gradcam"),
+        default="gradient",
+        help="gradient: |d score/d pixel| as in the MetaIQA paper (default, pixel-sharp); gradcam: coarser",
+    )
+    p.set_defaults(func=cmd_score)
+
+    g = sub.add_parser(
+        "gate",
+        help="pass/fail images against a minimum score (exit 0/1, 2 on bad input)",
+        description="Quality gate for CI and upload pipelines: every image must score at least --min-score.",
+        epilog=GATE_EPILOG,
+        formatter_class=fmt,
+    )
+    _add_model_args(g)
+    g.add_argument("--min-score", type=_unit_float, required=True, metavar="T", help="pass if score >= T")
+    g.add_argument(
+        "--max-failures",
+        type=_int_at_least(0),
+        default=0,
+        metavar="K",
+        help="images allowed below T before the gate fails (default 0)",
+    )
+    g.add_argument("--format", choices=("table", "json"), default="table", help="output on stdout")
+    g.set_defaults(func=cmd_gate)
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (recursive, image extensions) and globs -> (unique paths, [(spec, problem)]).
+
+    An explicitly named file is taken whatever its extension (it is then reported if it is
+    not an image); folder and glob matches are filtered to image extensions.
+    """
+    found: list[Path] = []
+    problems: list[tuple[str, str]] = []
+
+    def walk(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_name(p))
+
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            images = walk(path)
+            if not images:
+                problems.append((spec, "folder holds no image files"))
+            found += images
+        elif glob.has_magic(spec):
+            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(spec), recursive=True))]
+            images = [m for m in matches if m.is_file() and _is_image_name(m)]
+            for m in matches:
+                if m.is_dir():
+                    images += walk(m)
+            if not images:
+                problems.append((spec, "no image files match this pattern"))
+            found += images
+        else:
+            problems.append((spec, "no such file or directory"))
+    unique = list(dict.fromkeys(found))
+    return unique, problems
+
+
+def _load_scorer(args: argparse.Namespace):
+    from metaiqa.inference.scorer import Scorer
+    from metaiqa.models.pretrained import resolve_checkpoint
+
+    path = resolve_checkpoint(args.model, args.models_dir)
+    scorer = Scorer.from_checkpoint(path, threads=args.threads)
+    log.info("model %s (%s), preprocess %s", scorer.name, path, scorer.preprocess)
+    return scorer
+
+
+def _score_rows(scorer, paths: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per path: score, size, or the error that file raised (never raises for a file)."""
+    from tqdm import tqdm
+
+    quiet = getattr(args, "quiet", False)
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=quiet or len(paths) < PROGRESS_MIN) as bar:
+        results = scorer.score_paths_safe(paths, crops=args.crops, batch_size=args.batch_size, progress=bar.update)
+    rows = []
+    for path, res in zip(paths, results, strict=True):
+        row: dict[str, Any] = {"path": str(path), "score": None, "width": None, "height": None}
+        if isinstance(res, Exception):
+            row["error"] = _describe(res)
+            row["error_type"] = type(res).__name__
+            log.warning("cannot score %s: %s", path, row["error"])
+        else:
+            row.update(score=round(res.score, 6), width=res.width, height=res.height, error=None)
+            row["_raw"] = res.score  # the gate compares the unrounded score
+        rows.append(row)
+    return rows
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _problem_rows(problems: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    for spec, why in problems:
+        log.warning("%s: %s", spec, why)
+    return [
+        {"path": spec, "score": None, "width": None, "height": None, "error": why, "error_type": "InputNotFound"}
+        for spec, why in problems
+    ]
+
+
+def _write_heatmaps(scorer, rows: list[dict[str, Any]], out_dir: Path, method: str) -> None:
+    from metaiqa.inference.decode import DecodeError, read_image_file
+    from metaiqa.inference.heatmap import compute_heatmap, overlay_png
+    from metaiqa.models.checkpoint import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for row in rows:
+        if row["score"] is None:
+            continue
+        stem = Path(row["path"]).stem
+        name, k = f"{stem}.{method}.png", 1
+        while name in used:
+            k += 1
+            name = f"{stem}-{k}.{method}.png"
+        used.add(name)
+        try:
+            image = read_image_file(row["path"], scorer.limits)
+            heat = compute_heatmap(scorer.model, image, scorer.preprocess, method)
+            atomic_write_bytes(out_dir / name, overlay_png(image, heat))
+            row["heatmap"] = str(out_dir / name)
+        except (DecodeError, OSError) as exc:  # file changed since scoring, or the folder is not writable
+            log.warning("no heatmap for %s: %s", row["path"], _describe(exc))
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _fmt_score(score: float | None) -> str:
+    return "-" if score is None else f"{score:.4f}"
+
+
+def _print_table(header: list[str], lines: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    for line in [header, *lines]:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
+
+
+def _print_scores(rows: list[dict[str, Any]], fmt: str, model: str) -> None:
+    if fmt == "json":
+        for row in rows:
+            row["model"] = model
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "score", "width", "height", "error"])
+        for r in rows:
+            writer.writerow([r["path"], "" if r["score"] is None else r["score"], r["width"] or "", r["height"] or "", r["error"] or ""])
+    else:
+        lines = [
+            [_fmt_score(r["score"]), str(r["width"] or "-"), str(r["height"] or "-"), r["path"], r["error"] or ""]
+            for r in rows
+        ]
+        _print_table(["score", "width", "height", "path", "error"], lines)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    paths, problems = expand_inputs(args.paths)
+    if not paths:
+        _print_scores(_problem_rows(problems), args.format, args.model or "")
+        sys.stderr.write("metaiqa score: error: no image files to score\n")
+        return EXIT_USAGE
+    scorer = _load_scorer(args)
+    rows = _problem_rows(problems) + _score_rows(scorer, paths, args)
+    if args.heatmap_dir is not None:
+        _write_heatmaps(scorer, rows, args.heatmap_dir, args.heatmap_method)
+    for r in rows:
+        r.pop("_raw", None)
+    _print_scores(rows, args.format, scorer.name)
+    n_ok = sum(r["score"] is not None for r in rows)
+    if n_ok < len(rows):
+        log.warning("scored %d of %d inputs; %d could not be read", n_ok, len(rows), len(rows) - n_ok)
+    return EXIT_OK if n_ok else EXIT_USAGE
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    paths, problems = expand_inputs(args.paths)
+    rows = _problem_rows(problems)
+    model = args.model or ""
+    if paths:
+        scorer = _load_scorer(args)
+        model = scorer.name
+        rows += _score_rows(scorer, paths, args)
+    for r in rows:
+        r["passed"] = None if r["score"] is None else bool(r.pop("_raw") >= args.min_score)
+    n_pass = sum(r["passed"] is True for r in rows)
+    n_fail = sum(r["passed"] is False for r in rows)
+    n_error = sum(r["passed"] is None for r in rows)
+    if n_error or not rows:
+        verdict, code = "error", EXIT_USAGE
+    elif n_fail > args.max_failures:
+        verdict, code = "fail", EXIT_GATE_FAILED
+    else:
+        verdict, code = "pass", EXIT_OK
+    if args.format == "json":
+        report = {
+            "verdict": verdict,
+            "model": model,
+            "min_score": args.min_score,
+            "max_failures": args.max_failures,
+            "passed": n_pass,
+            "failed": n_fail,
+            "unreadable": n_error,
+            "results": rows,
+        }
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        status = {True: "PASS", False: "FAIL", None: "ERROR"}
+        _print_table(
+            ["result", "score", "path", "note"],
+            [[status[r["passed"]], _fmt_score(r["score"]), r["path"], r.get("error") or ""] for r in rows],
+        )
+    sys.stderr.write(
+        f"gate {verdict.upper()}: {n_pass} passed, {n_fail} below {args.min_score} "
+        f"(at most {args.max_failures} allowed), {n_error} unreadable\n"
+    )
+    return code
