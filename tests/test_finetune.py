@@ -16,6 +16,7 @@ from metaiqa.cli import main
 from metaiqa.data.formats import parse_data_spec
 from metaiqa.data.samples import DatasetError, Sample
 from metaiqa.data.tasks import NotEnoughContents, few_shot_split
+from metaiqa.errors import InvalidInput
 from metaiqa.evaluation import metrics
 from metaiqa.evaluation.validate import UnreadableImage, validate_checkpoint, validate_scorer
 from metaiqa.meta.finetune import FineTuneConfig, fine_tune, fine_tune_checkpoint, predict
@@ -160,6 +161,8 @@ def test_bad_inputs_give_clear_errors(data, tmp_path):
         fine_tune(model, [], [], FineTuneConfig(), progress=False)
     with pytest.raises(DatasetError, match="empty"):
         validate_checkpoint(data["prior"], [], progress=False)
+    with pytest.raises(InvalidInput, match="splits must be an integer >= 1, got 0"):
+        validate_checkpoint(data["prior"], data["samples"], splits=0, progress=False)
     nan = [dataclasses.replace(s, mos=float("nan")) if i == 3 else s for i, s in enumerate(data["samples"])]
     with pytest.raises(DatasetError, match=str(nan[3].path.name)):
         fine_tune_checkpoint(data["prior"], nan, FineTuneConfig(shots=10), tmp_path / "x", progress=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metaiqa.data.samples import DatasetError, Sample
-from metaiqa.errors import MetaIQAError
+from metaiqa.errors import InvalidInput, MetaIQAError
 from metaiqa.evaluation.report import evaluate, write_report
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 
 class UnreadableImage(DatasetError):
     """A labelled image of the validation set could not be read or decoded (message names it)."""
+
+
+def _check_args(samples: Sequence[Sample], splits: int, bootstrap: int, batch_size: int) -> None:
+    """Fail before minutes of scoring, not after."""
+    if len(samples) == 0:
+        raise DatasetError("validation set is empty (0 labelled images)")
+    for name, value, lo in (("splits", splits, 1), ("bootstrap", bootstrap, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise InvalidInput(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 def _score_chunk(scorer, paths: list[Path], crops: int, batch_size: int) -> list[float]:
@@ -74,8 +83,7 @@ def validate_scorer(
     preprocess, crops, plus `model_info`), "timing" and, when `out_dir` is given, "files"
     (kind -> path). The service calls this with the Scorers it already holds.
     """
-    if len(samples) == 0:
-        raise DatasetError("validation set is empty (0 labelled images)")
+    _check_args(samples, splits, bootstrap, batch_size)
     t0 = time.perf_counter()
     preds = score_samples(scorer, samples, crops=crops, batch_size=batch_size, progress=progress)
     t_score = time.perf_counter() - t0
@@ -112,8 +120,7 @@ def validate_checkpoint(
     """Load a checkpoint (hash-verified) as a Scorer and validate it (see `validate_scorer`)."""
     from metaiqa.inference.scorer import Scorer
 
-    if len(samples) == 0:
-        raise DatasetError("validation set is empty (0 labelled images)")
+    _check_args(samples, splits, bootstrap, batch_size)
     scorer = Scorer.from_checkpoint(ckpt_path, crops=crops)
     return validate_scorer(
         scorer, samples, splits=splits, seed=seed, out_dir=out_dir, crops=crops, bootstrap=bootstrap,
