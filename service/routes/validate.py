@@ -59,6 +59,9 @@ def _server_samples(spec: str, settings: Settings) -> list[Sample]:
     if not any(target.is_relative_to(r) for r in roots):
         raise BadField(f"data-set path {path_part[:200]!r} is outside the allowed roots")
     samples = parse_data_spec(spec)
+    outside = [s.path for s in samples if not any(Path(s.path).resolve().is_relative_to(r) for r in roots)]
+    if outside:
+        raise BadField(f"data set lists {len(outside)} image(s) outside the allowed roots, e.g. {outside[0]}")
     if len(samples) > settings.validate_max_files:
         raise BadField(f"data set has {len(samples)} images; the limit is {settings.validate_max_files}")
     return samples
