@@ -207,3 +207,19 @@ def test_read_image_file_checks_size_on_disk(tmp_path, rgb_image):
         read_image_file(path, DecodeLimits(max_bytes=size - 1))
     with pytest.raises(FileNotFoundError):
         read_image_file(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "TIFF", "BMP"])
+def test_other_photo_formats_accepted(rgb_image, fmt):
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    np.testing.assert_array_equal(decode_image(encode(Image.fromarray(rgb_image), fmt, **kw)), rgb_image)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PCX", "SGI"])
+def test_non_photo_formats_refused(rgb_image, fmt):
+    """Pillow opens these (EPS through Ghostscript!), but they are not accepted from untrusted input."""
+    blob = encode(Image.fromarray(rgb_image), fmt)
+    with pytest.raises(NotAnImage, match="accepted formats: JPEG"):
+        decode_image(blob)
+    if fmt != "EPS":  # opting in via DecodeLimits.formats works (EPS would need Ghostscript)
+        assert decode_image(blob, DecodeLimits(formats=(fmt,))).shape == rgb_image.shape

@@ -2,7 +2,7 @@
 
 Order of checks (cheapest first, so a hostile upload costs almost nothing):
 1. byte size                      -> FileTooLarge   (413)
-2. Pillow can identify the format -> NotAnImage     (415)
+2. a photo format Pillow can open -> NotAnImage     (415)  (no EPS/PSD/FITS/...: DecodeLimits.formats)
 3. pixel count from the header    -> TooManyPixels  (413)  (Pillow's decompression-bomb guard stays on)
 4. shortest side from the header  -> ImageTooSmall  (422)
 5. decode                         -> TruncatedImage (422)  (LOAD_TRUNCATED_IMAGES is never set)
@@ -10,6 +10,7 @@ Then EXIF orientation is applied and any mode (L, 1, P, LA, RGBA, CMYK, I;16, I,
 8-bit RGB; transparent pixels are composited on white; animations give their first frame.
 """
 
+import functools
 import io
 import logging
 import os
@@ -25,6 +26,11 @@ from metaiqa.errors import MetaIQAError
 log = logging.getLogger(__name__)
 
 
+# Photo formats only. Pillow can open ~40 formats; some decode through external programs
+# (EPS runs Ghostscript) or are rarely-audited parsers (FITS, PSD, ...): not for untrusted uploads.
+PHOTO_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "QOI")
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """Bounds on what `decode_image` accepts; the service and the CLI share the defaults."""
@@ -32,6 +38,7 @@ class DecodeLimits:
     max_bytes: int = 25 * 2**20
     max_pixels: int = 50_000_000
     min_side: int = 32
+    formats: tuple[str, ...] = PHOTO_FORMATS
 
 
 class DecodeError(MetaIQAError):
@@ -70,12 +77,21 @@ class ImageTooSmall(DecodeError):
 def _ensure_bomb_guard(max_pixels: int) -> None:
     """Keep Pillow's guard on and never stricter than our own limit (so our message wins).
 
+    (The warning is turned into an error with `warnings.catch_warnings`, which is process-wide;
+    under concurrent calls the worst case is that filter staying installed, which is harmless.)
     The global only ever grows to the largest limit in use, which makes concurrent calls with
     different limits safe: Pillow warns above it and refuses above twice it, and both are
     already above every caller's own `max_pixels`.
     """
     if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+@functools.cache
+def _available_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The accepted formats this Pillow build can open (Pillow raises KeyError for unknown ones)."""
+    Image.init()
+    return tuple(f for f in (x.upper() for x in formats) if f in Image.OPEN)
 
 
 def _check_size(n_bytes: int, limits: DecodeLimits, what: str) -> None:
@@ -117,7 +133,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=_available_formats(limits.formats))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise TooManyPixels(
                 f"image header declares too many pixels ({exc}); limit is {limits.max_pixels} pixels",
@@ -126,7 +142,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             head = data[:8].hex()
             raise NotAnImage(
-                f"not a recognised image ({len(data)} bytes, starting with 0x{head or '<empty>'})",
+                f"not a recognised image ({len(data)} bytes, starting with 0x{head or '<empty>'}); "
+                f"accepted formats: {', '.join(limits.formats)}",
                 value=head,
             ) from exc
         with img:
