@@ -80,16 +80,17 @@ def check_samples(samples: Sequence[Sample], what: str) -> None:
 def predict(model: nn.Module, images: Sequence[np.ndarray], preprocess: dict, batch_size: int = 16) -> np.ndarray:
     """Scores as the Scorer computes them (policy views, averaged), in eval mode, no grad."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             views = [apply_policy(to_tensor(im), preprocess, 1) for im in images[start : start + batch_size]]
             if len({tuple(v.shape) for v in views}) == 1:
-                scores = model(torch.cat(views)).reshape(-1)
+                scores = model(torch.cat(views).to(device)).reshape(-1)
                 out += [float(s) for s in scores]
             else:
-                out += [float(model(v).mean()) for v in views]
+                out += [float(model(v.to(device)).mean()) for v in views]
     model.train(was_training)
     return np.asarray(out, dtype=np.float64)
 
@@ -174,6 +175,7 @@ def fine_tune(
         return v if math.isfinite(v) else -math.inf
 
     net = copy.deepcopy(model).float()
+    device = next(net.parameters()).device  # runs where the caller put the model (CPU or CUDA)
     head = set(net.head_parameter_names()) if hasattr(net, "head_parameter_names") else set()
     groups = [
         {"params": [p for n, p in net.named_parameters() if n in head], "lr": cfg.head_lr},
@@ -210,7 +212,7 @@ def fine_tune(
                 x, tgt = task_batch([train_samples[i] for i in idx], train_cache, crop_size=size, rng=rng, flip=cfg.flip)
                 if rank_all:
                     tgt = tgt._replace(content=None)
-                loss = iqa_loss(net(x), tgt, ranking_weight=cfg.ranking_weight, margin=cfg.ranking_margin)
+                loss = iqa_loss(net(x.to(device)), tgt, ranking_weight=cfg.ranking_weight, margin=cfg.ranking_margin)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
