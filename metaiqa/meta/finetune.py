@@ -70,11 +70,16 @@ class FineTuneResult:
 
 
 def check_samples(samples: Sequence[Sample], what: str) -> None:
+    """Non-empty, every label a finite number (a NaN would silently poison the MSE)."""
     if len(samples) == 0:
         raise DatasetError(f"{what}: no labelled images (0 samples)")
     for s in samples:
-        if not (isinstance(s.mos, int | float) and math.isfinite(s.mos)):
-            raise DatasetError(f"{what}: image {s.path} has a non-finite MOS label {s.mos!r}")
+        try:
+            ok = math.isfinite(float(s.mos))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DatasetError(f"{what}: image {s.path} has no finite MOS label (got {s.mos!r})")
 
 
 def predict(model: nn.Module, images: Sequence[np.ndarray], preprocess: dict, batch_size: int = 16) -> np.ndarray:
