@@ -100,7 +100,7 @@ async function analyse(file) {
   }
   $("heatmap").src = objectUrl(await heatResp.blob());
   $("heatmap-caption").textContent =
-    method === "gradient" ? "Heatmap: |∂score/∂pixel| (bright = influential)" : "Heatmap: Grad-CAM, last stage";
+    method === "gradient" ? "Heatmap: |∂score/∂pixel| (red = most influential)" : "Heatmap: Grad-CAM on the last stage (red = most influential)";
   setStatus(`done: ${file.name}`);
 }
 
