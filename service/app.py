@@ -108,7 +108,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def template_of(route) -> str | None:
         return templates.get(id(route)) or getattr(route, "path", None)
 
-    app.add_middleware(LimitAndMeasure, limit_for=body_limit, metrics=metrics, template_of=template_of)
+    def fixed_path(path: str) -> str | None:  # label for requests refused before routing (early 413)
+        return path if path in templates.values() and "{" not in path else None
+
+    app.add_middleware(
+        LimitAndMeasure, limit_for=body_limit, metrics=metrics, template_of=template_of, fixed_path=fixed_path
+    )
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for module in (score, heatmap, gate, validate, models):

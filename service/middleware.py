@@ -40,15 +40,20 @@ class LimitAndMeasure:
         limit_for: Callable[[str], int],
         metrics: ServiceMetrics,
         template_of: Callable[[object], str | None] = lambda r: getattr(r, "path", None),
+        fixed_path: Callable[[str], str | None] = lambda p: None,
     ):
         self.app = app
+        self.fixed_path = fixed_path
         self.template_of = template_of
         self.limit_for = limit_for
         self.metrics = metrics
 
     def _record(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")
-        template = (self.template_of(route) if route is not None else None) or ("unmatched" if status == 404 else "other")
+        template = (
+            (self.template_of(route) if route is not None else self.fixed_path(scope.get("path", "")))
+            or ("unmatched" if status == 404 else "other")
+        )
         self.metrics.requests.inc(route=template, method=scope.get("method", ""), status=str(status))
         self.metrics.latency.observe(time.perf_counter() - started, route=template)
 

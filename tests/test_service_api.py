@@ -147,6 +147,7 @@ def test_upload_limit_by_content_length_and_by_streamed_bytes(models_dir):
         assert r.status_code == 413 and f"exceeds the limit of {limit}" in r.json()["detail"]
         # and the service keeps serving
         assert c.post("/v1/score", files={"image": ("ok.png", png_bytes(), "image/png")}).status_code == 200
+        assert 'metaiqa_http_requests_total{route="/v1/score",method="POST",status="413"} 2' in c.get("/metrics").text
 
 
 # ---------------------------------------------------------------------------- /v1/heatmap
