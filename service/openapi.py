@@ -34,3 +34,29 @@ def upload_body(extra_fields: dict | None = None) -> dict:
 
 IMAGE_UPLOAD = upload_body()
 GATE_UPLOAD = upload_body({"threshold": {"type": "number"}, "policy": {"type": "string"}})
+
+VALIDATE_UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "archive": {"type": "string", "format": "binary", "description": "zip: images + one CSV filename,mos"},
+                        "splits": {"type": "integer", "minimum": 1},
+                        "seed": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["archive"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "string", "description": "NAME:PATH (only if enabled)"}},
+                    "required": ["spec"],
+                }
+            },
+        },
+    }
+}

@@ -350,3 +350,11 @@ def test_web_page_and_assets_are_served(client):
         assert src in r.text
         assert client.get(src).status_code == 200
     assert "http://" not in r.text and "https://" not in r.text  # no CDN
+
+
+def test_openapi_documents_every_route(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/score", "/v1/heatmap", "/v1/gate", "/v1/validate", "/v1/models", "/v1/reports/{report_id}"):
+        assert path in spec["paths"]
+    assert "multipart/form-data" in spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+    assert "archive" in str(spec["paths"]["/v1/validate"]["post"]["requestBody"])

@@ -23,6 +23,7 @@ from service.archive import ArchiveLimits, extract_archive, find_label_file, rea
 from service.deps import ModelDep, SettingsDep, State, _json_body, read_form
 from service.errors import BadField, ReportNotReady, UnsupportedMediaType, ValidationDisabled
 from service.jobs import ID_PATTERN, Job, score_through_queue
+from service.openapi import VALIDATE_UPLOAD
 from service.settings import Settings
 
 router = APIRouter(tags=["validate"])
@@ -112,7 +113,7 @@ def _make_work(state, served, samples: list[Sample], splits: int, seed: int, inp
     return work
 
 
-@router.post("/validate", status_code=202)
+@router.post("/validate", status_code=202, openapi_extra=VALIDATE_UPLOAD)
 async def validate(request: Request, served: ModelDep, state: State, settings: SettingsDep) -> JSONResponse:
     """Start a validation report; answers 202 with its id (poll GET /v1/reports/{id})."""
     if not settings.validate_enabled:
