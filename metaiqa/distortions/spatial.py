@@ -40,8 +40,8 @@ def non_eccentricity_patch(image: np.ndarray, level: int, rng: np.random.Generat
     """Small patches copied to a nearby random position: local content discontinuities."""
     h, w = image.shape[:2]
     p = max(3, int(round(min(h, w) * PATCH_FRACTION)))
-    n_max = _n_scaled(PATCH_COUNT[-1], h, w)
-    n = _n_scaled(PATCH_COUNT[level - 1], h, w)
+    n_max = max(len(PATCH_COUNT), _n_scaled(PATCH_COUNT[-1], h, w))
+    n = max(level, _n_scaled(PATCH_COUNT[level - 1], h, w))  # at least one more patch per level
     src = np.stack([rng.integers(0, h - p + 1, n_max), rng.integers(0, w - p + 1, n_max)], axis=1)
     off = rng.integers(-2 * p, 2 * p + 1, (n_max, 2))
     dst = np.clip(src + off, 0, [h - p, w - p])
