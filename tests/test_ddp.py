@@ -24,7 +24,7 @@ def _losses(out):
 def test_two_gloo_processes_follow_the_single_process_curve(tmp_path, algorithm):
     synth = make_synth(tmp_path / "synth")
     sets = [f"data.spec={synth}", f"algorithm={algorithm}", "train.iterations=4", "task.tasks_per_batch=4",
-            "data.holdout_types=[white_noise]"]
+            "data.holdout_types=[white_noise]", "train.channels_last=true"]
     single = MetaTrainer(load_config(MetaTrainConfig, TINY, [*sets, f"out_dir={tmp_path / 'one'}"]), progress=False)
     single.run()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

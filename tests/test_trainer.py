@@ -55,7 +55,7 @@ def make_synth(root: Path, photos: int = 6, crops: int = 2, levels: int = 3, siz
                 for level in range(1, levels + 1):
                     name = f"I{ref:02d}_{tid:02d}_{level:02d}.png"
                     _distort(img, kind, level, rng).save(root / "images" / name)
-                    dmos = 1.0 - 0.25 * level + 0.03 * float(rng.random())
+                    dmos = 1.0 - 0.8 * level / levels + 0.03 * float(rng.random())
                     rows.append([name, ref_name, f"{dmos:.4f}", kind, level])
     with (root / "dmos.csv").open("w", newline="") as f:
         w = csv.writer(f)

@@ -56,8 +56,11 @@ def all_reduce_sum(vec: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
     """Make every rank start from rank 0's weights and buffers."""
     if info.enabled:
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                flat = t.detach().contiguous()  # channels_last weights are not "contiguous"
+                dist.broadcast(flat, src=0)
+                t.copy_(flat)
 
 
 def barrier(info: DistInfo) -> None:
