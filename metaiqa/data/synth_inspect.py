@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from metaiqa.data.samples import DatasetError
+from metaiqa.distortions.names import KADID_TYPES
 
 REQUIRED = ("dist_img", "ref_img", "dmos", "dist_type", "level")
 
@@ -39,7 +40,8 @@ def inspect_dataset(root: Path) -> dict:
             values[row["dist_type"]][level].append(label)
             refs.add(row["ref_img"])
     types, flagged = {}, []
-    for t, by_level in values.items():
+    order = {t: i for i, t in enumerate(KADID_TYPES)}
+    for t, by_level in sorted(values.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         stats = {
             lvl: {"n": len(v), "min": float(np.min(v)), "mean": float(np.mean(v)), "max": float(np.max(v))}
             for lvl, v in sorted(by_level.items())

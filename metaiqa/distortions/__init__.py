@@ -3,10 +3,10 @@
     from metaiqa.distortions import apply, list_distortions, register_distortion
     out = apply("jpeg", image_uint8_hwc, level=3, rng=np.random.default_rng(0))
 
-Importing this package registers the built-in types (jpeg2000 only when Pillow has OpenJPEG).
+The built-in types register themselves on first use of the registry (jpeg2000 only when
+Pillow has OpenJPEG), so `from metaiqa.distortions.names import KADID_TYPES` stays cheap.
 """
 
-from metaiqa.distortions import blur, color, compression, noise, spatial  # noqa: F401  (registers)
 from metaiqa.distortions.names import KADID_TYPES, kadid_type_id
 from metaiqa.distortions.registry import (
     LEVELS,

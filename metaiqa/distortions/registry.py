@@ -26,6 +26,19 @@ LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
 DistortionFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 _DISTORTIONS: dict[str, DistortionFn] = {}
+_BUILTIN_MODULES = ("blur", "color", "compression", "noise", "spatial")
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    """Register the built-in types on first use, so importing `names` stays light (no scipy)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        import importlib
+
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(f"metaiqa.distortions.{mod}")
 
 
 class UnknownDistortion(MetaIQAError, KeyError):
@@ -58,6 +71,7 @@ def register_distortion(name: str) -> Callable[[DistortionFn], DistortionFn]:
         raise ValueError(f"distortion name must be a non-empty string without ',', '/' or spaces: {name!r}")
 
     def deco(fn: DistortionFn) -> DistortionFn:
+        _load_builtins()  # a user type must not silently shadow a built-in loaded later
         if name in _DISTORTIONS:
             raise ValueError(f"distortion {name!r} is already registered")
         _DISTORTIONS[name] = fn
@@ -68,6 +82,7 @@ def register_distortion(name: str) -> Callable[[DistortionFn], DistortionFn]:
 
 def unregister_distortion(name: str) -> None:
     """Remove a distortion (for tests and plug-ins that replace a built-in)."""
+    _load_builtins()
     if name not in _DISTORTIONS:
         raise UnknownDistortion(name)
     del _DISTORTIONS[name]
@@ -75,11 +90,13 @@ def unregister_distortion(name: str) -> None:
 
 def list_distortions() -> list[str]:
     """Registered names: KADID types in KADID order first, then user types in registration order."""
+    _load_builtins()
     kadid = [n for n in KADID_TYPES if n in _DISTORTIONS]
     return kadid + [n for n in _DISTORTIONS if n not in KADID_TYPES]
 
 
 def get_distortion(name: str) -> DistortionFn:
+    _load_builtins()
     try:
         return _DISTORTIONS[name]
     except KeyError:
