@@ -160,3 +160,19 @@ def test_inspect_reports_counts_ranges_and_flags_non_monotone(refs, tmp_path, ca
     text = capsys.readouterr().out
     assert "jpeg" in text and "NOT MONOTONE" in text
     assert main(["data", "inspect", str(tmp_path / "nowhere")]) == 2
+
+
+def test_exif_orientation_is_applied_before_cropping(tmp_path):
+    from metaiqa.data.synth import SynthSettings, make_crops
+
+    img = natural_image(112, seed=6)[:, :80]  # stored 80 wide x 112 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": displayed 112 wide x 80 high
+    path = tmp_path / "rot.jpg"
+    Image.fromarray(img).save(path, quality=95, exif=exif)
+    [(crop, meta)] = make_crops(path, 0, SynthSettings(size=64, crops=1))
+    assert crop.shape == (64, 64, 3)
+    w, h = meta["resized"]
+    assert w > h  # landscape after orientation
+    x0, y0, x1, y1 = meta["box"]
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
