@@ -176,3 +176,13 @@ def test_exif_orientation_is_applied_before_cropping(tmp_path):
     assert w > h  # landscape after orientation
     x0, y0, x1, y1 = meta["box"]
     assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_changed_label_maps_are_refused_on_resume(refs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert synth(refs, out, "--levels", "1") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["committee"]["calibration_quantiles"]["gmsd"][0] = 0.5
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert synth(refs, out, "--levels", "1") == 2
+    assert "maps" in capsys.readouterr().err

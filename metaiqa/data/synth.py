@@ -277,8 +277,11 @@ def _check_manifest(manifest: dict, settings: SynthSettings, sources: list[str],
     old = manifest.get("settings", {})
     new = _settings_dict(settings)
     diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
-    if manifest.get("committee", {}).get("metrics") != committee["metrics"]:
-        diff.append(f"committee: {manifest.get('committee', {}).get('metrics')} -> {committee['metrics']}")
+    old_committee = manifest.get("committee", {})
+    if old_committee.get("metrics") != committee["metrics"]:
+        diff.append(f"committee: {old_committee.get('metrics')} -> {committee['metrics']}")
+    elif old_committee != committee:  # same metrics, other maps or piq version: labels would not mix
+        diff.append("label committee maps or piq version changed")
     if manifest.get("reference_files") != sources:
         diff.append("the set of reference files changed (numbering would shift)")
     if diff:
