@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -47,6 +48,10 @@ def test_synth_writes_the_agreed_layout_and_resumes(refs, tmp_path, capsys):
     assert {"I01.png", "I02.png", "I03.png", "I04.png"} <= names
     assert {"I01_10_01.png", "I04_01_05.png", "I02_23_03.png"} <= names
     assert len(names) == len(rows) + 4 and not any(n.startswith(".") for n in names)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (out / "images" / "I01.png", out / "images" / "I01_10_01.png", out / "manifest.json"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     for r in rows:
         assert r["dist_img"] in names and r["ref_img"] in names
         assert r["dist_img"].startswith(r["ref_img"][:-4] + "_")

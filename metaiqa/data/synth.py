@@ -62,6 +62,8 @@ CROP_TRIES = 40
 PNG_COMPRESS_LEVEL = 3  # speed over size; PNG is lossless either way
 CSV_BASE_COLUMNS = ("dist_img", "ref_img", "dmos", "dist_type", "level")
 FIRST_USER_TYPE_ID = 26  # ids of user-registered distortions follow KADID's 25
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class BadReference(MetaIQAError):
@@ -214,6 +216,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a data set should be readable like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,6 +251,10 @@ def process_job(job: RefJob, settings: SynthSettings, out: Path, width: int) -> 
             rows.append(row)
         results.append((number, {"source": job.source, **meta}, rows))
     return results
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _init_worker() -> None:
@@ -351,9 +358,7 @@ def synthesize(
         distortion_ids={t: ids[t] for t in list_distortions()},
         dmos="committee label in [0, 1], higher = better (not KADID's 1..5 scale)",
     )
-    from metaiqa.models.checkpoint import atomic_write_json
-
-    atomic_write_json(manifest_path, manifest)
+    _write_json(manifest_path, manifest)
 
     columns = list(CSV_BASE_COLUMNS) + list(committee["metrics"])
     existing = read_rows(csv_path)
@@ -393,7 +398,7 @@ def synthesize(
                 bar.update(len(rows))
             fcsv.flush()
             os.fsync(fcsv.fileno())
-            atomic_write_json(manifest_path, manifest)
+            _write_json(manifest_path, manifest)
 
         try:
             if workers == 1 or len(jobs) <= 1:
