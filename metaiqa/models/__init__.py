@@ -6,6 +6,7 @@ from metaiqa.models.checkpoint import (
     CorruptCheckpoint,
     LoadedCheckpoint,
     load_checkpoint,
+    read_sidecar,
     save_checkpoint,
 )
 from metaiqa.models.registry import UnknownModel, create_model, list_models, register_model
@@ -18,6 +19,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "read_sidecar",
     "register_model",
     "save_checkpoint",
 ]
