@@ -373,7 +373,10 @@ class MetaTrainer:
                     self._save("last", {**metrics, **stats, "iteration": self.iteration}, elapsed)
                 if main:
                     self._write_log(row)
-                    bar.set_postfix(loss=f"{stats['loss']:.4f}", val=f"{metrics.get('val_srocc', float('nan')):.3f}")
+                    post = {"loss": f"{stats['loss']:.4f}", "val": f"{metrics.get('val_srocc', float('nan')):.3f}"}
+                    if tr.max_minutes is not None:  # the bar's ETA counts iterations; show the clock too
+                        post["left"] = f"{max(0.0, tr.max_minutes - elapsed / 60):.1f}min"
+                    bar.set_postfix(post)
                     bar.update(1)
                 if stop:
                     break
