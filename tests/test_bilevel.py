@@ -193,3 +193,52 @@ def test_bad_inner_optimizer_is_rejected():
     with pytest.raises(ValueError, match="lbfgs"):
         inner_adapt(model, dict(model.named_parameters()), {}, *support, steps=1, lr=0.1, optimizer="lbfgs",
                     loss_fn=_mse_t)
+
+
+def _renorm_tiny(seed=0, rmax=1e4, dmax=1e4):
+    from metaiqa.meta.batchnorm import calibrate_batchnorm, use_batch_renorm
+
+    torch.manual_seed(seed)
+    model = create_model("metaiqa_tiny", dropout=0.0)
+    calib = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 10))
+    calibrate_batchnorm(model, calib)
+    assert use_batch_renorm(model, rmax, dmax) == 4
+    return model.train()
+
+
+def test_batch_renorm_scores_each_image_independently_of_its_batch():
+    x = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model = _renorm_tiny()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    params = dict(model.named_parameters())
+    a = forward(model, params, {k: v.clone() for k, v in buffers.items()}, x[[0, 1, 2, 3]])
+    b = forward(model, params, {k: v.clone() for k, v in buffers.items()}, x[[0, 4, 5, 6]])
+    torch.testing.assert_close(a[0], b[0])
+    # ... and equals the eval-mode (running statistics) score
+    model.eval()
+    torch.testing.assert_close(a, forward(model, params, buffers, x[[0, 1, 2, 3]]))
+    # plain BatchNorm in train mode is transductive: the same image scores differently
+    torch.manual_seed(0)
+    plain = create_model("metaiqa_tiny", dropout=0.0).train()
+    assert not torch.allclose(plain(x[[0, 1, 2, 3]])[0], plain(x[[0, 4, 5, 6]])[0])
+
+
+def test_batch_renorm_gradient_flows_through_batch_statistics():
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    y = torch.rand(6, generator=torch.Generator().manual_seed(5))
+    model = _renorm_tiny(1)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    params = dict(model.named_parameters())
+    g_train = supervised_grads(model, params, buffers, (x, y), loss_fn=_mse).grads
+    model.eval()
+    g_eval = supervised_grads(model, params, buffers, (x, y), loss_fn=_mse).grads
+    w = "backbone.0.weight"
+    assert not torch.allclose(g_train[w], g_eval[w])
+
+
+def test_batch_renorm_checkpoint_loads_into_the_plain_model():
+    model = _renorm_tiny(2)
+    plain = create_model("metaiqa_tiny", dropout=0.0)
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(plain.eval()(x), model.eval()(x))

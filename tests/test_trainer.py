@@ -92,6 +92,7 @@ def test_meta_train_checkpoints_and_records_split(synth, tmp_path):
     ck = load_checkpoint(out / "last")
     assert ck.meta["model"] == "metaiqa_tiny" and ck.meta["iteration"] == 4
     assert ck.preprocess == {"policy": "center_crop", "size": 32}
+    assert ck.meta["batchnorm"] == "renorm"  # auto: single-type task batches -> Batch Renormalization
     data = ck.meta["data"]
     assert data["holdout_types"] == ["white_noise"] and "white_noise" not in data["train_types"]
     splits = data["splits"]
@@ -118,6 +119,7 @@ def test_resume_is_bit_for_bit(synth, tmp_path, algorithm):
     resumed = MetaTrainer(_cfg(synth, tmp_path / "b", f"algorithm={algorithm}"), resume=True, progress=False)
     assert resumed.iteration == 2
     resumed.run()
+    assert resumed.batchnorm == ("batch" if algorithm == "supervised" else "renorm")
     a, b = _params(straight.model), _params(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     sa = straight.optimizer.state_dict()["state"]

@@ -80,6 +80,15 @@ class TrainConfig(StrictModel):
     amp: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_gb: float = Field(3.0, ge=0, description="memory for decoded training images")
+    batchnorm: Literal["auto", "batch", "renorm"] = Field(
+        "auto",
+        description="BatchNorm in training: 'batch' (plain), 'renorm' (Batch Renormalization: per-image "
+        "function, see metaiqa.meta.batchnorm), 'auto' = renorm for maml/fomaml/reptile (single-type task "
+        "batches), batch for supervised (pooled, mixed batches)",
+    )
+    renorm_rmax: float = Field(3.0, ge=1)
+    renorm_dmax: float = Field(5.0, ge=0)
+    calibrate_images: int = Field(256, ge=0, description="pooled images that initialise the BN statistics (renorm)")
 
 
 class MetaTrainConfig(StrictModel):

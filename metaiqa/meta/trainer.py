@@ -24,6 +24,7 @@ import yaml
 from metaiqa.config import ConfigError, dump_config
 from metaiqa.data.samples import Sample
 from metaiqa.meta import bilevel
+from metaiqa.meta.batchnorm import calibrate_batchnorm, use_batch_renorm
 from metaiqa.meta.config import MetaTrainConfig
 from metaiqa.meta.dist import DistInfo, all_reduce_sum, barrier, broadcast_module, init_from_env
 from metaiqa.meta.images import ImageCache, eval_batch, task_batch
@@ -138,10 +139,17 @@ class MetaTrainer:
         if tr.val_max_images is not None and len(val) > tr.val_max_images:
             val = [val[i] for i in np.sort(rng.choice(len(val), tr.val_max_images, replace=False))]
         self.val = val
+        self.cache = ImageCache(int(tr.cache_gb * 2**30))
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model.name, **cfg.model.kwargs).to(self.device).train()
         if tr.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.batchnorm = tr.batchnorm if tr.batchnorm != "auto" else (
+            "batch" if cfg.algorithm == "supervised" else "renorm")
+        if self.batchnorm == "renorm":
+            use_batch_renorm(self.model, tr.renorm_rmax, tr.renorm_dmax)
+            if not resume and tr.calibrate_images:
+                self._calibrate()
         broadcast_module(self.model, self.dist)
         head = set(self.model.head_parameter_names()) if hasattr(self.model, "head_parameter_names") else set()
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -151,7 +159,6 @@ class MetaTrainer:
         ]
         self.optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=cfg.outer.weight_decay)
         self.loss_fn = make_loss(cfg.loss.ranking_weight, cfg.loss.margin, cfg.loss.min_diff)
-        self.cache = ImageCache(int(tr.cache_gb * 2**30))
         self.iteration = 0
         self.elapsed_before = 0.0
         self.best: float | None = None
@@ -176,6 +183,22 @@ class MetaTrainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(_seed_of(*keys))
             yield
+
+    def _calibrate(self) -> None:
+        """Start the running statistics from one pooled batch of every training type (same on every
+        rank, drawn from its own sampler and RNG so the training sequence is untouched)."""
+        from metaiqa.data.tasks import TaskSampler
+
+        cfg = self.cfg
+        sampler = TaskSampler(self.data.train, tasks_per_batch=len({s.group for s in self.data.train}),
+                              support_refs=cfg.task.support_refs, query_refs=cfg.task.query_refs, seed=cfg.seed + 1)
+        rng = np.random.default_rng([cfg.seed, 99])
+        samples = [s for t in sampler.sample() for s in t.support + t.query]
+        if len(samples) > cfg.train.calibrate_images:
+            samples = [samples[i] for i in np.sort(rng.choice(len(samples), cfg.train.calibrate_images, replace=False))]
+        x, _ = self._batch(samples, rng)
+        with self._forked(cfg.seed, 99):
+            calibrate_batchnorm(self.model, x)
 
     def train_step(self, stop_request: bool = False) -> tuple[dict[str, float], bool]:
         """One meta-iteration; returns (stats, stop) where stop is agreed by all ranks."""
@@ -270,7 +293,8 @@ class MetaTrainer:
         save_checkpoint(
             prefix, self.model, model_name=cfg.model.name, model_kwargs=cfg.model.kwargs,
             preprocess=cfg.preprocess.model_dump(), config=dump_config(cfg), data=self.data.summary,
-            metrics=metrics, extra={"iteration": self.iteration, "algorithm": cfg.algorithm},
+            metrics=metrics,
+            extra={"iteration": self.iteration, "algorithm": cfg.algorithm, "batchnorm": self.batchnorm},
         )
         if name == "last":
             save_state(prefix, self.optimizer, read_sidecar(prefix)["sha256"], {
