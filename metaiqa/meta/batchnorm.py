@@ -18,6 +18,7 @@ so renormalisation starts from sensible statistics instead of (0, 1).
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class _RenormMixin:
@@ -29,21 +30,24 @@ class _RenormMixin:
             return super().forward(x)
         dims = [0] if x.dim() == 2 else [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        var_b, mu_b = torch.var_mean(x, dim=dims, unbiased=False)
-        sigma_b = torch.sqrt(var_b + self.eps)
-        sigma_run = torch.sqrt(self.running_var + self.eps)
         with torch.no_grad():
-            r = (sigma_b / sigma_run).clamp(1 / self.rmax, self.rmax)
+            var_b, mu_b = torch.var_mean(x, dim=dims, unbiased=False)
+            sigma_run = torch.sqrt(self.running_var + self.eps)
+            r = (torch.sqrt(var_b + self.eps) / sigma_run).clamp(1 / self.rmax, self.rmax)
             d = ((mu_b - self.running_mean) / sigma_run).clamp(-self.dmax, self.dmax)
             n = x.numel() / x.shape[1]
             self.num_batches_tracked.add_(1)
             m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_mean.lerp_(mu_b.detach(), m)
-            self.running_var.lerp_(var_b.detach() * n / max(n - 1, 1), m)
-        x_hat = (x - mu_b.view(shape)) / sigma_b.view(shape) * r.view(shape) + d.view(shape)
+            self.running_mean.lerp_(mu_b, m)
+            self.running_var.lerp_(var_b * n / max(n - 1, 1), m)
+        # (x - mu_b) / sigma_b with gradients through the batch statistics (fused kernel), then
+        # one affine pass: * (r * gamma) + (d * gamma + beta); r and d are constants.
+        x_hat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         if self.affine:
-            x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)
-        return x_hat
+            scale, shift = r * self.weight, d * self.weight + self.bias
+        else:
+            scale, shift = r, d
+        return torch.addcmul(shift.view(shape), x_hat, scale.view(shape))
 
 
 class BatchRenorm1d(_RenormMixin, nn.BatchNorm1d):
