@@ -20,10 +20,13 @@ def _losses(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fomaml"])
-def test_two_gloo_processes_follow_the_single_process_curve(tmp_path, algorithm):
+@pytest.mark.parametrize(("batchnorm", "rel"), [("batch", 1e-4), ("renorm", 1e-2)])
+def test_two_gloo_processes_follow_the_single_process_curve(tmp_path, batchnorm, rel):
+    """Plain BN: equal up to float summation order. Batch Renorm: its forward reads the running
+    means, which inherit the order-dependent noise of the biases before BN (see below), so the
+    curves agree to ~0.3 % after 4 iterations instead of ~1e-6."""
     synth = make_synth(tmp_path / "synth")
-    sets = [f"data.spec={synth}", f"algorithm={algorithm}", "train.iterations=4", "task.tasks_per_batch=4",
+    sets = [f"data.spec={synth}", "algorithm=fomaml", f"train.batchnorm={batchnorm}", "train.iterations=4", "task.tasks_per_batch=4",
             "data.holdout_types=[white_noise]", "train.channels_last=true"]
     single = MetaTrainer(load_config(MetaTrainConfig, TINY, [*sets, f"out_dir={tmp_path / 'one'}"]), progress=False)
     single.run()
@@ -38,7 +41,7 @@ def test_two_gloo_processes_follow_the_single_process_curve(tmp_path, algorithm)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(one) == len(two) == 4
     # identical tasks, crops and dropout masks; only the float summation order differs
-    assert one == pytest.approx(two, rel=1e-4, abs=1e-6)
+    assert one == pytest.approx(two, rel=rel, abs=1e-6)
     a = {k: v.detach() for k, v in single.model.state_dict().items()}
     b = load_tensors(tmp_path / "two" / "last.safetensors")
     # Biases right before a BatchNorm have zero gradient in exact arithmetic; Adam turns their
@@ -47,6 +50,6 @@ def test_two_gloo_processes_follow_the_single_process_curve(tmp_path, algorithm)
     compared = [k for k in a if k.endswith(".weight") or k.endswith("running_var")]
     assert len(compared) >= 8
     for k in compared:
-        torch.testing.assert_close(b[k], a[k].contiguous(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b[k], a[k].contiguous(), rtol=rel, atol=rel / 10)
     # the curve is not trivially flat: the models changed over the run
     assert len(set(one)) > 1
