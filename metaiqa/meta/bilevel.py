@@ -15,6 +15,8 @@ BatchNorm decision (tested in tests/test_bilevel.py):
     `MetaResult.buffers`; the caller decides what to keep (the trainer averages them over
     the tasks of a meta-batch, an order-independent rule that DDP can all-reduce exactly).
   So running statistics are updated only by the outer step, once per task.
+  The trainer swaps BatchNorm for Batch Renormalization in the meta-algorithms (see
+  metaiqa.meta.batchnorm): same buffers, same rule, but a per-image forward.
 """
 
 from collections.abc import Callable, Mapping
