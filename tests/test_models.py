@@ -70,3 +70,20 @@ def test_corrupt_sidecar_and_garbage_tensor_file(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CorruptCheckpoint, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_export_half_keeps_scores_and_records_source(tmp_path):
+    from metaiqa.cli import main
+    from metaiqa.models.checkpoint import read_sidecar
+
+    model = create_model("metaiqa_tiny").eval()
+    src = save_checkpoint(tmp_path / "run" / "best", model, model_name="metaiqa_tiny", metrics={"val": 0.7})
+    assert main(["export", str(src), str(tmp_path / "ship.safetensors"), "--note", "demo"]) == 0
+    meta = read_sidecar(tmp_path / "ship.safetensors")
+    assert meta["dtype"] == "float16" and meta["metrics"] == {"val": 0.7} and meta["note"] == "demo"
+    assert meta["exported_from"]["sha256"] == read_sidecar(src)["sha256"]
+    x = torch.rand(4, 3, 32, 32)
+    shipped = load_checkpoint(tmp_path / "ship.safetensors").model
+    assert torch.allclose(shipped(x), model(x), atol=2e-3)
+    (tmp_path / "run" / "best.safetensors").write_bytes(b"garbage")
+    assert main(["export", str(src), str(tmp_path / "other.safetensors")]) == 2

@@ -176,3 +176,24 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise CorruptCheckpoint(f"{tensor_path}: weights do not fit model {meta['model']!r}: {exc}") from exc
     model.to(device).eval()
     return LoadedCheckpoint(model, meta, tensor_path, dict(meta.get("preprocess") or DEFAULT_PREPROCESS))
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, note: str | None = None) -> Path:
+    """Copy a checkpoint for shipping: verified on load, optionally float16 (half the size).
+
+    The sidecar keeps everything the source recorded (config, data, metrics) and names the
+    source file and its sha256, so a shipped model can be traced to the run that made it.
+    """
+    loaded = load_checkpoint(src)
+    meta = loaded.meta
+    known = {"format", "model", "model_kwargs", "preprocess", "config", "data", "metrics", "sha256",
+             "dtype", "created", "metaiqa_version"}
+    extra = {k: v for k, v in meta.items() if k not in known}
+    extra["exported_from"] = {"path": str(loaded.path), "sha256": meta["sha256"], "created": meta.get("created")}
+    if note:
+        extra["note"] = note
+    return save_checkpoint(
+        dst, loaded.model, model_name=meta["model"], model_kwargs=meta.get("model_kwargs"),
+        preprocess=loaded.preprocess, config=meta.get("config"), data=meta.get("data"),
+        metrics=meta.get("metrics"), half=half, extra=extra,
+    )
