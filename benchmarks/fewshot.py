@@ -47,8 +47,10 @@ def _pooled_and_per_type(preds: dict[str, np.ndarray], tests: dict[str, list]) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="the data set the models were trained on (spec)")
-    ap.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
+    ap.add_argument("--data", help="the data set the models were trained on (spec)")
+    ap.add_argument("--model", action="append", default=[], metavar="LABEL=CKPT")
+    ap.add_argument("--table", nargs="+", type=Path, metavar="JSON",
+                    help="only print the combined table of earlier result files (e.g. one per model)")
     ap.add_argument("--shots", type=int, nargs="+", default=[50])
     ap.add_argument("--splits", type=int, default=3, help="random few-shot draws per type (median reported)")
     ap.add_argument("--epochs", type=int, default=10)
@@ -59,6 +61,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fewshot.json"))
     args = ap.parse_args()
+    if args.table:
+        print(table(merge([json.loads(f.read_text()) for f in args.table])))
+        return
+    if not (args.data and args.model):
+        ap.error("--data and at least one --model are required (or --table)")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
@@ -117,6 +124,8 @@ def main() -> None:
                 "splits": runs,
             }
             results["few_shot"].setdefault(label, {})[str(k)] = med
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))  # partial results survive an interruption
             print(f"{label}: {k}-shot pooled SROCC {med['pooled']['srocc']:.3f} (median of {args.splits})",
                   flush=True)
 
@@ -124,6 +133,17 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2))
     print()
     print(table(results))
+
+
+def merge(parts: list[dict]) -> dict:
+    """Combine result files of runs on the same data and test scenes (e.g. one per model)."""
+    out = json.loads(json.dumps(parts[0]))
+    for part in parts[1:]:
+        if part["test_scenes"] != out["test_scenes"] or part["holdout_types"] != out["holdout_types"]:
+            raise SystemExit("result files were made on different test scenes or held-out types")
+        for key in ("models", "zero_shot", "few_shot"):
+            out[key].update(part[key])
+    return out
 
 
 def table(results: dict) -> str:
@@ -134,19 +154,19 @@ def table(results: dict) -> str:
     for label, zs in results["zero_shot"].items():
         cells = [f"{zs['pooled']['srocc']:.3f}", f"{zs['pooled']['plcc']:.3f}"]
         for k in shots:
-            fs = results["few_shot"][label][str(k)]["pooled"]
-            cells += [f"{fs['srocc']:.3f}", f"{fs['plcc']:.3f}"]
+            fs = results["few_shot"].get(label, {}).get(str(k), {}).get("pooled")
+            cells += [f"{fs['srocc']:.3f}", f"{fs['plcc']:.3f}"] if fs else ["–", "–"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Per held-out type, SROCC zero-shot / " + f"{shots[-1]}-shot:")
     lines.append("| type | " + " | ".join(results["zero_shot"]) + " |")
     lines.append("|---|" + "---|" * len(results["zero_shot"]))
     for t in results["holdout_types"]:
-        cells = [
-            f"{results['zero_shot'][lb]['per_type'][t]['srocc']:.3f} / "
-            f"{results['few_shot'][lb][str(shots[-1])]['per_type'][t]['srocc']:.3f}"
-            for lb in results["zero_shot"]
-        ]
+        cells = []
+        for lb in results["zero_shot"]:
+            fs = results["few_shot"].get(lb, {}).get(str(shots[-1]))
+            tuned = f"{fs['per_type'][t]['srocc']:.3f}" if fs else "–"
+            cells.append(f"{results['zero_shot'][lb]['per_type'][t]['srocc']:.3f} / {tuned}")
         lines.append(f"| {t} (n={results['n_test'][t]}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
