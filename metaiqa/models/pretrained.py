@@ -80,7 +80,7 @@ def resolve_checkpoint(
             return path
         raise ModelNotFound(
             f"no default model ({DEFAULT_MODEL}) is bundled in this build (looked for {path}); "
-            "pass --model CKPT with a checkpoint trained by `metaiqa train` / `metaiqa adapt`, "
+            "pass --model CKPT with a checkpoint made by `metaiqa meta-train` / `metaiqa fine-tune`, "
             "or the name of one in the models directory",
             _available(models_dir),
         )
