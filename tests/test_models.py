@@ -87,3 +87,8 @@ def test_export_half_keeps_scores_and_records_source(tmp_path):
     assert torch.allclose(shipped(x), model(x), atol=2e-3)
     (tmp_path / "run" / "best.safetensors").write_bytes(b"garbage")
     assert main(["export", str(src), str(tmp_path / "other.safetensors")]) == 2
+
+
+def test_checkpoint_files_are_readable_by_others(tmp_path):
+    path = save_checkpoint(tmp_path / "p", create_model("metaiqa_tiny"), model_name="metaiqa_tiny")
+    assert path.stat().st_mode & 0o044 == 0o044 and path.with_suffix(".json").stat().st_mode & 0o044 == 0o044

@@ -18,6 +18,8 @@ from metaiqa.errors import InvalidInput
 def to_tensor(image: np.ndarray | Image.Image) -> torch.Tensor:
     """uint8 HxWx3 (or a PIL RGB image) -> float32 3xHxW in [0, 1]."""
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if not arr.flags.writeable:  # np.asarray(PIL image) is read-only; torch wants to own writable memory
+        arr = arr.copy()
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise InvalidInput(f"expected an HxWx3 RGB image, got shape {arr.shape}")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)

@@ -27,6 +27,8 @@ from metaiqa.models.registry import UnknownModel, create_model
 
 FORMAT = "metaiqa-checkpoint/1"
 DEFAULT_PREPROCESS = {"policy": "center_crop", "size": 224}
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CorruptCheckpoint(MetaIQAError):
@@ -47,6 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: others (a service user) could not read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

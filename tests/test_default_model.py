@@ -1,0 +1,65 @@
+"""The bundled default model: loads offline with its hash verified, and ranks a real photo
+above strongly damaged versions of it (damage made with Pillow/numpy, not our engine)."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from metaiqa.inference.scorer import Scorer
+from metaiqa.models import ChecksumMismatch, load_checkpoint
+from metaiqa.models.checkpoint import read_sidecar
+from metaiqa.models.pretrained import DEFAULT_MODEL, default_checkpoint_path, resolve_checkpoint
+
+PHOTO = Path(__file__).parent / "data" / "dandelion_cc0.png"
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    return Scorer.from_checkpoint(resolve_checkpoint(None))
+
+
+def _blur(img: Image.Image) -> Image.Image:
+    return img.filter(ImageFilter.GaussianBlur(radius=4))
+
+
+def _noise(img: Image.Image) -> Image.Image:
+    rng = np.random.default_rng(0)
+    arr = np.asarray(img, dtype=np.float64) + rng.normal(0, 40, (img.height, img.width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _jpeg(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=3)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_default_model_is_bundled_and_verified():
+    path = resolve_checkpoint(DEFAULT_MODEL)
+    assert path == default_checkpoint_path().resolve()
+    meta = read_sidecar(path)
+    assert meta["dtype"] == "float16"
+    loaded = load_checkpoint(path)  # verifies sha256
+    assert loaded.meta["model"] == "metaiqa_resnet18"
+
+
+def test_tampered_copy_of_default_is_refused(tmp_path):
+    src = default_checkpoint_path()
+    dst = tmp_path / "copy.safetensors"
+    blob = bytearray(src.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    dst.write_bytes(bytes(blob))
+    (tmp_path / "copy.json").write_text(src.with_suffix(".json").read_text())
+    with pytest.raises(ChecksumMismatch):
+        load_checkpoint(dst)
+
+
+@pytest.mark.parametrize("damage", [_blur, _noise, _jpeg], ids=["blur", "noise", "jpeg"])
+def test_pristine_photo_scores_above_damaged_versions(scorer, damage):
+    pristine = Image.open(PHOTO).convert("RGB")
+    damaged = damage(pristine)
+    p, d = scorer.score_arrays([np.asarray(pristine), np.asarray(damaged)])
+    assert p > d, f"pristine {p:.3f} should beat {damage.__name__[1:]} {d:.3f}"
