@@ -204,7 +204,7 @@ def test_default_model_not_bundled_gives_clear_error():
 
 
 def test_resolve_names_and_paths(tmp_path, monkeypatch):
-    from metaiqa.models.pretrained import ModelNotFound, list_checkpoints, resolve_checkpoint
+    from metaiqa.models.pretrained import DEFAULT_MODEL, ModelNotFound, list_checkpoints, resolve_checkpoint
 
     models = tmp_path / "models"
     a = _ckpt(models, "alpha")
@@ -218,9 +218,10 @@ def test_resolve_names_and_paths(tmp_path, monkeypatch):
     assert resolve_checkpoint(str(a.with_suffix(".json"))) == a  # its sidecar
     monkeypatch.chdir(models)
     assert resolve_checkpoint("alpha") == a  # "alpha" -> ./alpha.safetensors
-    with pytest.raises(ModelNotFound, match="'gamma'.*available: alpha, beta.v2") as err:
+    with pytest.raises(ModelNotFound, match="'gamma'.*available: (metaiqa-default, )?alpha, beta.v2") as err:
         resolve_checkpoint("gamma", models)
-    assert err.value.available == ["alpha", "beta.v2"]
+    assert err.value.available[-2:] == ["alpha", "beta.v2"]
+    assert set(err.value.available[:-2]) <= {DEFAULT_MODEL}  # the bundled prior, when shipped
     outside = _ckpt(tmp_path, "outside")
     assert resolve_checkpoint(str(outside), models) == outside
     for bad in ("../outside", str(outside), "/etc/passwd", ".hidden"):
