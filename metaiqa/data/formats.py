@@ -16,6 +16,8 @@ identically):
                All 1169 entries are kept, including the 7 training images ``t1..t7`` that many
                papers drop (use `select`-style filtering yourself to reproduce them); images are
                looked up in ``Images/`` then ``Images/trainingImages/``.
+- ``biq2021``  BIQ2021's official test split (``biq2021-train`` its train split): MOS in [0, 1]
+               as published; see `metaiqa.data.biq2021`.
 - ``csv``      generic ``path,mos[,group][,ref_id][,level]``; paths relative to the CSV's folder
                or absolute; higher mos = better. Scores all in [0, 1] are used as given, otherwise
                the column's min..max is mapped to [0, 1] with a warning.
@@ -350,7 +352,15 @@ LOADERS: dict[str, Callable[[Path], list[Sample]]] = {
     "koniq10k": load_koniq10k,
     "livec": load_livec,
     "csv": load_csv,
+    "biq2021": lambda root: _biq2021().load_biq2021_test(root),
+    "biq2021-train": lambda root: _biq2021().load_biq2021_train(root),
 }
+
+
+def _biq2021():
+    from metaiqa.data import biq2021  # imports this module's helpers: import late, no cycle
+
+    return biq2021
 
 
 def load_dataset(name: str, root: str | os.PathLike) -> list[Sample]:
@@ -386,6 +396,7 @@ def detect_format(path: str | os.PathLike) -> str:
         ("tid2013", p / "mos_with_names.txt"),
         ("koniq10k", p / KONIQ_TABLE),
         ("livec", p / "Data" / "AllMOS_release.mat"),
+        ("biq2021", p / "Test (Images and MOS).csv"),
     ]
     for name, marker in checks:
         if marker.is_file():

@@ -1,8 +1,16 @@
 """Image <-> tensor conversion and the crop/resize policies shared by training and scoring.
 
 Models take float RGB in [0, 1] (N, 3, H, W). A checkpoint's `preprocess` dict names the
-scoring policy: {"policy": "center_crop", "size": 224} | {"policy": "native"} |
-{"policy": "resize", "size": 224}.
+scoring policy:
+
+- {"policy": "views", "scale": 384, "size": 224, "max_views": 16}: the whole image at a
+  fixed viewing scale. The photo is downscaled (anti-aliased, in uint8) so its short side is
+  `scale` (never upscaled, except an image whose short side is below `size`, which is
+  brought up to `size`); then `size`-square views on a grid that covers the whole frame
+  (neighbours overlap) are scored and averaged. Training crops come from images at the same
+  scale (`to_viewing_scale`). Aspect ratios beyond `MAX_ASPECT` are refused.
+- {"policy": "center_crop", "size": 224} (one crop at native resolution; `crops=N` spreads N),
+  {"policy": "native"}, {"policy": "resize", "size": 224}: the first round's policies.
 """
 
 from collections.abc import Mapping
@@ -72,6 +80,79 @@ def grid_crops(x: torch.Tensor, size: int, n: int) -> torch.Tensor:
     return torch.stack([x[..., t : t + size, lf : lf + size] for t, lf in boxes])
 
 
+#: Widest aspect ratio the "views" policy scores (beyond it a thin strip would be upscaled
+#: into a huge image, or most of it skipped).
+MAX_ASPECT = 12.0
+
+
+class ExtremeAspectRatio(InvalidInput):
+    """An image too long and thin for a whole-image score."""
+
+
+def viewing_size(height: int, width: int, scale: int, size: int) -> tuple[int, int]:
+    """(h, w) of an image at the viewing scale: short side `scale` if larger, at least `size`."""
+    short, long_ = min(height, width), max(height, width)
+    if short < 1:
+        raise InvalidInput(f"image has no pixels ({width}x{height})")
+    if long_ / short > MAX_ASPECT:
+        raise ExtremeAspectRatio(
+            f"aspect ratio {long_ / short:.1f}:1 ({width}x{height}) exceeds the limit {MAX_ASPECT:g}:1 "
+            "for whole-image scoring; crop the image first"
+        )
+    factor = scale / short if short > scale else (size / short if short < size else 1.0)
+    if factor == 1.0:
+        return height, width
+    return max(size, round(height * factor)), max(size, round(width * factor))
+
+
+def to_viewing_scale(image: np.ndarray, scale: int, size: int) -> np.ndarray:
+    """uint8 HxWx3 -> the same image at the viewing scale (anti-aliased resize in uint8)."""
+    h, w = image.shape[:2]
+    nh, nw = viewing_size(h, w, scale, size)
+    if (nh, nw) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
+
+
+def _positions(length: int, size: int) -> list[int]:
+    n = max(1, int(np.ceil(length / size)))
+    return sorted({int(round(p)) for p in np.linspace(0, length - size, n)})
+
+
+def view_boxes(height: int, width: int, size: int, max_views: int = 16) -> list[tuple[int, int]]:
+    """(top, left) of `size`-square views covering a height x width frame (at most `max_views`).
+
+    Along each axis: ceil(length / size) positions spread from edge to edge, so views
+    overlap and together cover the frame; a grid over the cap keeps an even subset along
+    the long axis.
+    """
+    tops, lefts = _positions(height, size), _positions(width, size)
+    if len(tops) * len(lefts) > max_views:
+        if len(lefts) >= len(tops):
+            keep = max(1, max_views // len(tops))
+            lefts = [lefts[i] for i in np.linspace(0, len(lefts) - 1, keep).round().astype(int)]
+        else:
+            keep = max(1, max_views // len(lefts))
+            tops = [tops[i] for i in np.linspace(0, len(tops) - 1, keep).round().astype(int)]
+    return [(t, lf) for t in tops for lf in lefts]
+
+
+def whole_image_views(image: np.ndarray, preprocess: Mapping[str, Any]) -> torch.Tensor:
+    """uint8 HxWx3 -> (k, 3, size, size) float views of the "views" policy (resize before float)."""
+    size = int(preprocess.get("size", 224))
+    scaled = to_viewing_scale(image, int(preprocess.get("scale", 384)), size)
+    boxes = view_boxes(scaled.shape[0], scaled.shape[1], size, int(preprocess.get("max_views", 16)))
+    crops = np.stack([scaled[t : t + size, lf : lf + size] for t, lf in boxes])
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def image_views(image: np.ndarray, preprocess: Mapping[str, Any], crops: int = 1) -> torch.Tensor:
+    """uint8 HxWx3 -> the batch of views the model scores for it, under any policy."""
+    if preprocess.get("policy") == "views":
+        return whole_image_views(image, preprocess)
+    return apply_policy(to_tensor(image), preprocess, crops)
+
+
 def apply_policy(x: torch.Tensor, preprocess: Mapping[str, Any], crops: int = 1) -> torch.Tensor:
     """One image tensor (3, H, W) -> the batch of views the model scores (averaged by the caller)."""
     policy = preprocess.get("policy", "center_crop")
@@ -82,4 +163,7 @@ def apply_policy(x: torch.Tensor, preprocess: Mapping[str, Any], crops: int = 1)
         return resize_short_side(x, size).unsqueeze(0)
     if policy == "native":
         return x.unsqueeze(0)
-    raise InvalidInput(f"unknown preprocess policy {policy!r} (center_crop, resize, native)")
+    if policy == "views":
+        arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return whole_image_views(arr, preprocess)
+    raise InvalidInput(f"unknown preprocess policy {policy!r} (views, center_crop, resize, native)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaiqa.data.transforms import apply_policy, to_tensor
+from metaiqa.data.transforms import image_views
 from metaiqa.errors import InvalidInput
 from metaiqa.inference.decode import DecodeError, DecodeLimits, decode_image, read_image_file
 from metaiqa.models.checkpoint import load_checkpoint
@@ -88,7 +88,7 @@ class Scorer:
             got = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
             raise InvalidInput(f"expected a uint8 HxWx3 numpy array, got {got}")
         n = self.crops if crops is None else self._check_crops(crops)
-        return apply_policy(to_tensor(image), self.preprocess, n)
+        return image_views(image, self.preprocess, n)
 
     def score_arrays(self, images: Sequence[np.ndarray], crops: int | None = None) -> list[float]:
         """Score decoded images; all views of all images go through the model together.

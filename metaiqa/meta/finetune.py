@@ -26,7 +26,7 @@ from torch import nn
 
 from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError, Sample
-from metaiqa.data.transforms import apply_policy, resize_short_side, to_tensor
+from metaiqa.data.transforms import image_views, resize_short_side, to_tensor
 from metaiqa.errors import InvalidInput
 from metaiqa.evaluation import metrics
 from metaiqa.meta.images import ImageCache, task_batch
@@ -83,17 +83,19 @@ def check_samples(samples: Sequence[Sample], what: str) -> None:
 
 
 def predict(model: nn.Module, images: Sequence[np.ndarray], preprocess: dict, batch_size: int = 16) -> np.ndarray:
-    """Scores as the Scorer computes them (policy views, averaged), in eval mode, no grad."""
+    """Scores as the Scorer computes them (policy views, averaged per image), in eval mode, no grad."""
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            views = [apply_policy(to_tensor(im), preprocess, 1) for im in images[start : start + batch_size]]
-            if len({tuple(v.shape) for v in views}) == 1:
-                scores = model(torch.cat(views).to(device)).reshape(-1)
-                out += [float(s) for s in scores]
+            views = [image_views(im, preprocess, 1) for im in images[start : start + batch_size]]
+            if len({tuple(v.shape[1:]) for v in views}) == 1:
+                scores = model(torch.cat(views).to(device)).reshape(-1).double().cpu()
+                owners = torch.repeat_interleave(torch.arange(len(views)), torch.tensor([v.shape[0] for v in views]))
+                sums = torch.zeros(len(views), dtype=torch.float64).index_add_(0, owners, scores)
+                out += (sums / torch.bincount(owners, minlength=len(views))).tolist()
             else:
                 out += [float(model(v.to(device)).mean()) for v in views]
     model.train(was_training)

@@ -46,14 +46,42 @@ class ImageNetNorm(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
+class MSCNWithRGB(nn.Module):
+    """MSCN (distortion statistics) and ImageNet-normalised RGB (exposure, colour) side by side: 6 channels.
+
+    MSCN alone divides out local brightness and contrast, so an under-exposed or washed-out
+    photo looks like a well-exposed one; authentic photos need both views.
+    """
+
+    out_channels = 6
+
+    def __init__(self):
+        super().__init__()
+        self.mscn = MSCN()
+        self.rgb = ImageNetNorm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mscn(x), self.rgb(x)], dim=1)
+
+
+INPUT_NORMS = ("mscn", "mscn_rgb", "imagenet", "none")
+
+
 def make_input_norm(kind: str) -> nn.Module:
     if kind == "mscn":
         return MSCN()
+    if kind == "mscn_rgb":
+        return MSCNWithRGB()
     if kind == "imagenet":
         return ImageNetNorm()
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"input_norm must be 'mscn', 'imagenet' or 'none', got {kind!r}")
+    raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}; got {kind!r}")
+
+
+def input_channels(norm: nn.Module) -> int:
+    """Channels the backbone receives from a front end (3 unless it says otherwise)."""
+    return int(getattr(norm, "out_channels", 3))
 
 
 class QualityHead(nn.Module):

@@ -16,6 +16,10 @@ from metaiqa.models.checkpoint import checkpoint_paths
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "metaiqa-default"
+#: Models shipped inside the package: the default (scores real photos) and the synthetic-only
+#: meta-learned prior (a starting point for fine-tuning on your own data).
+PRIOR_MODEL = "metaiqa-prior"
+BUNDLED_MODELS = (DEFAULT_MODEL, PRIOR_MODEL)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -28,9 +32,9 @@ class ModelNotFound(MetaIQAError, LookupError):
         self.available = list(available or [])
 
 
-def default_checkpoint_path() -> Path:
-    """Where the bundled default prior lives (it may be absent in a development build)."""
-    return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
+def default_checkpoint_path(name: str = DEFAULT_MODEL) -> Path:
+    """Where a bundled model lives (it may be absent in a development build)."""
+    return WEIGHTS_DIR / f"{name}.safetensors"
 
 
 def is_valid_name(name: str) -> bool:
@@ -57,9 +61,8 @@ def list_checkpoints(models_dir: str | os.PathLike | None) -> dict[str, Path]:
 
 def _available(models_dir: str | os.PathLike | None) -> list[str]:
     names = list(list_checkpoints(models_dir))
-    if default_checkpoint_path().is_file():
-        names.insert(0, DEFAULT_MODEL)
-    return names
+    bundled = [n for n in BUNDLED_MODELS if default_checkpoint_path(n).is_file() and n not in names]
+    return bundled + names
 
 
 def resolve_checkpoint(
@@ -70,16 +73,20 @@ def resolve_checkpoint(
 ) -> Path:
     """A model spec -> the checkpoint's tensor file path (absolute).
 
-    None or "metaiqa-default": the bundled prior. A name: `models_dir/NAME.safetensors`.
+    None or "metaiqa-default": the bundled default; "metaiqa-prior": the bundled synthetic prior.
+    A name: `models_dir/NAME.safetensors` (a models-dir file of a bundled name takes precedence).
     Otherwise (if `allow_paths`): a path to a checkpoint (.safetensors, its .json sidecar, or a
     folder holding model.safetensors). Raises ModelNotFound with the names that do exist.
     """
-    if spec is None or str(spec) == DEFAULT_MODEL:
-        path = default_checkpoint_path()
+    if str(spec) in BUNDLED_MODELS and models_dir is not None and (Path(models_dir) / f"{spec}.safetensors").is_file():
+        return (Path(models_dir) / f"{spec}.safetensors").absolute()
+    if spec is None or str(spec) in BUNDLED_MODELS:
+        name = DEFAULT_MODEL if spec is None else str(spec)
+        path = default_checkpoint_path(name)
         if path.is_file():
             return path
         raise ModelNotFound(
-            f"no default model ({DEFAULT_MODEL}) is bundled in this build (looked for {path}); "
+            f"model {name} is not bundled in this build (looked for {path}); "
             "pass --model CKPT with a checkpoint made by `metaiqa meta-train` / `metaiqa fine-tune`, "
             "or the name of one in the models directory",
             _available(models_dir),

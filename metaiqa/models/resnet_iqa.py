@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from metaiqa.errors import MetaIQAError
-from metaiqa.models.layers import QualityHead, make_input_norm
+from metaiqa.models.layers import QualityHead, input_channels, make_input_norm
 from metaiqa.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,41 @@ def metaiqa_resnet18(
     if pretrained_backbone:
         backbone.load_state_dict(_imagenet_state_dict(pretrained_backbone))
         log.info("loaded backbone weights from %s", pretrained_backbone)
-    return IQAModel(backbone, 1000, input_norm, head_hidden, dropout)
+    model = IQAModel(backbone, 1000, input_norm, head_hidden, dropout)
+    _widen_first_conv(model, "conv1")
+    return model
+
+
+def _widen_first_conv(model: IQAModel, attr: str) -> None:
+    """Give the backbone's first conv as many input channels as the front end makes.
+
+    The extra channels start at zero weight, so a 3-channel prior loaded with
+    `expand_state_dict` computes exactly what it computed before.
+    """
+    channels = input_channels(model.input_norm)
+    conv = getattr(model.backbone, attr)
+    if conv.in_channels == channels:
+        return
+    wide = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, : conv.in_channels] = conv.weight
+    setattr(model.backbone, attr, wide)
+
+
+def expand_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A prior's state dict made to fit `model`: input-channel-widened convs padded with zeros."""
+    own = model.state_dict()
+    out = dict(state)
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None or target.shape == value.shape or value.ndim != 4:
+            continue
+        if value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:] and value.shape[1] < target.shape[1]:
+            padded = torch.zeros_like(target)
+            padded[:, : value.shape[1]] = value.to(target.dtype)
+            out[key] = padded
+    return out
 
 
 @register_model
@@ -106,4 +140,6 @@ def metaiqa_tiny(
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
-    return IQAModel(backbone, 2 * width, input_norm, head_hidden, dropout)
+    model = IQAModel(backbone, 2 * width, input_norm, head_hidden, dropout)
+    _widen_first_conv(model, "0")
+    return model

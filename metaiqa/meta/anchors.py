@@ -1,0 +1,133 @@
+"""Synthetic orderings that keep a model honest while it learns from human scores.
+
+`AnchorSet` cuts crops of pristine photos at the viewing scale and distorts each with two
+levels of one random type (our distortion engine): training pairs with a known order.
+`SyntheticOrderingSet` is the fixed validation counterpart: whole photos of validation
+scenes, every type at levels 1, 3 and 5; it reports the mean within-(scene, type) SROCC of
+[pristine, 1, 3, 5] and the share of distorted versions scored below their pristine photo.
+Scenes come from the init checkpoint's recorded split, so the prior's test scenes are
+never used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from metaiqa.data.samples import DatasetError
+from metaiqa.data.transforms import to_viewing_scale
+from metaiqa.distortions import list_distortions
+from metaiqa.distortions.registry import apply as distort
+
+log = logging.getLogger(__name__)
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def _scene_photos(folder: str | Path, splits: dict, part: str) -> list[Path]:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"reference folder {root} not found")
+    photos = sorted(p for p in root.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    allowed = (splits.get(part) or {}).get("contents") if splits else None
+    if allowed is not None:
+        photos = [p for p in photos if p.name in set(allowed)]
+    if not photos:
+        raise DatasetError(f"{root}: no reference photos for scene split {part!r}")
+    return photos
+
+
+def _read_at_scale(path: Path, short_side: int, crop_size: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im.draft("RGB", (short_side * 2, short_side * 2))  # JPEG: decode at a reduced scale when possible
+        arr = np.asarray(im.convert("RGB"))
+    return to_viewing_scale(arr, short_side, crop_size)
+
+
+class AnchorSet:
+    """Pristine reference photos at several scales; `sample` returns ordered distorted triples."""
+
+    VERSIONS = 3  # pristine, lighter level, heavier level
+
+    def __init__(self, images: list[np.ndarray], scenes: list[str], crop_size: int, types: Sequence[str]):
+        self.images, self.scenes, self.crop_size, self.types = images, scenes, crop_size, list(types)
+
+    @classmethod
+    def from_folder(cls, folder, splits: dict, part: str, scales: Sequence[int], crop_size: int) -> AnchorSet:
+        photos = _scene_photos(folder, splits, part)
+        images = [_read_at_scale(p, s, crop_size) for p in photos for s in scales]
+        log.info("anchor: %d photos (%s scenes) x %d scales", len(photos), part, len(scales))
+        return cls(images, [p.name for p in photos], crop_size, list_distortions())
+
+    def _textured_crop(self, rng: np.random.Generator) -> np.ndarray:
+        size = self.crop_size
+        for _ in range(8):  # flat crops (sky, defocus) teach nothing: retry a few times
+            img = self.images[int(rng.integers(len(self.images)))]
+            h, w = img.shape[:2]
+            top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            crop = img[top : top + size, left : left + size]
+            if crop.std() >= 12:
+                break
+        return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[float]]:
+        """n x (pristine, level a, level b) with a < b; labels 1, 1 - a/10, 1 - b/10 (order only)."""
+        crops: list[np.ndarray] = []
+        labels: list[float] = []
+        for _ in range(n):
+            crop = self._textured_crop(rng)
+            kind = self.types[int(rng.integers(len(self.types)))]
+            a, b = sorted(int(v) for v in rng.choice(np.arange(1, 6), size=2, replace=False))
+            crops += [crop, distort(kind, crop, a, rng), distort(kind, crop, b, rng)]
+            labels += [1.0, 1.0 - a / 10, 1.0 - b / 10]
+        return crops, labels
+
+
+class SyntheticOrderingSet:
+    """Fixed validation images: per scene, the pristine photo and every type at levels 1, 3, 5."""
+
+    LEVELS = (1, 3, 5)
+
+    def __init__(self, images: list[np.ndarray], keys: list[tuple[str, str, int]], scenes: list[str]):
+        self.images, self.keys, self.scenes = images, keys, scenes
+
+    @classmethod
+    def from_folder(cls, folder, splits: dict, part: str, scale: int, seed: int = 0) -> SyntheticOrderingSet:
+        photos = _scene_photos(folder, splits, part)
+        images, keys = [], []
+        for i, p in enumerate(photos):
+            full = _read_at_scale(p, scale, scale)
+            h, w = full.shape[:2]
+            top, left = (h - scale) // 2, (w - scale) // 2
+            ref = np.ascontiguousarray(full[top : top + scale, left : left + scale])
+            images.append(ref)
+            keys.append((p.name, "", 0))
+            for j, kind in enumerate(list_distortions()):
+                for level in cls.LEVELS:
+                    rng = np.random.default_rng([seed, i, j, level])
+                    images.append(distort(kind, ref, level, rng))
+                    keys.append((p.name, kind, level))
+        log.info("synthetic ordering validation: %d images from %d %s scenes", len(images), len(photos), part)
+        return cls(images, keys, [p.name for p in photos])
+
+    def evaluate(self, predict: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, float]:
+        from scipy.stats import spearmanr
+
+        pred = np.asarray(predict(self.images), dtype=np.float64)
+        pristine = {scene: pred[i] for i, (scene, kind, _) in enumerate(self.keys) if not kind}
+        groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for i, (scene, kind, level) in enumerate(self.keys):
+            if kind:
+                groups.setdefault((scene, kind), []).append((level, pred[i]))
+        within, above = [], []
+        for (scene, _), rows in groups.items():
+            levels = [0] + [lv for lv, _ in rows]
+            scores = [pristine[scene]] + [s for _, s in rows]
+            rho = spearmanr(levels, scores)[0]
+            within.append(-rho if np.isfinite(rho) else 0.0)
+            above += [pristine[scene] > s for _, s in rows]
+        return {"val_synth_within_srocc": float(np.mean(within)), "val_synth_pristine_above": float(np.mean(above))}

@@ -1,0 +1,283 @@
+"""Joint adaptation: learn from human opinion scores while keeping synthetic orderings.
+
+Human scores of authentic photos alone teach a network that fine texture means quality
+(measured: a model fine-tuned on BIQ2021 ranked every noise type backwards). So each step
+mixes two signals in one batch:
+
+- `batch_human` photos with their MOS: MSE + a ranking hinge over all pairs of the batch
+  (every photo is its own content, so pairs across images are what ranks);
+- `anchor_crops` crops of pristine reference photos, each with two levels of one random
+  synthetic distortion (our engine, all registered types): a ranking hinge within each crop,
+  pristine > lighter > heavier (ordinal only, no absolute label).
+
+Crops are taken at the scoring policy's viewing scale (`to_viewing_scale`). Validation is
+carved from the human training set (never a test split) plus synthetic orderings on the
+init checkpoint's *validation* scenes; `best` is chosen on their mean. Every step draws its
+randomness from (seed, step), so a resumed run continues exactly as an uninterrupted one
+would up to the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from metaiqa.config import StrictModel, dump_config
+from metaiqa.data.samples import DatasetError
+from metaiqa.data.transforms import to_viewing_scale
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet
+from metaiqa.meta.losses import ranking_hinge
+from metaiqa.meta.optim import adam_param_groups, cosine_factor
+from metaiqa.meta.runstate import RunFiles
+
+log = logging.getLogger(__name__)
+
+
+class JointConfig(StrictModel):
+    """configs/fine_tune/default.yaml; unknown keys are errors."""
+
+    init: str = Field("metaiqa-prior", description="checkpoint (name or path) to start from")
+    input_norm: str | None = Field("mscn_rgb", description="widen the prior's front end (None: keep it)")
+    human: str = Field(..., description="human-rated training data, e.g. biq2021-train:PATH")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the human data held out for selection")
+    references: str | None = Field(None, description="folder of pristine photos for the synthetic anchor")
+    anchor_scenes: str = Field("train", description="which of the init's scene splits the anchor may use")
+    val_scenes: str = Field("val", description="init's scene split for synthetic-ordering validation")
+    scale: int = Field(384, ge=64, description="viewing scale: short side of the photo as scored")
+    crop_size: int = Field(224, ge=32)
+    anchor_scales: list[int] = Field(default_factory=lambda: [384, 512], description="short sides of references")
+    max_views: int = Field(16, ge=1)
+    batch_human: int = Field(16, ge=2)
+    anchor_crops: int = Field(3, ge=0)
+    human_rank_weight: float = Field(1.0, ge=0)
+    human_margin: float = Field(0.02, ge=0)
+    human_min_diff: float = Field(0.05, ge=0)
+    anchor_weight: float = Field(1.0, ge=0)
+    anchor_margin: float = Field(0.05, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    steps: int = Field(3000, ge=1)
+    val_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    seed: int = 0
+    threads: int | None = Field(2, ge=1)
+    channels_last: bool = True
+    out_dir: str = "runs/joint"
+
+
+def _load_init(cfg: JointConfig):
+    from metaiqa.models import create_model
+    from metaiqa.models.checkpoint import load_checkpoint
+    from metaiqa.models.pretrained import resolve_checkpoint
+    from metaiqa.models.resnet_iqa import expand_state_dict
+
+    ckpt = load_checkpoint(resolve_checkpoint(cfg.init, None))
+    kwargs = dict(ckpt.meta.get("model_kwargs") or {})
+    if cfg.input_norm:
+        kwargs["input_norm"] = cfg.input_norm
+    model = create_model(ckpt.meta["model"], **kwargs)
+    model.load_state_dict(expand_state_dict({k: v.float() for k, v in ckpt.model.state_dict().items()}, model))
+    return model.float(), ckpt.meta, kwargs
+
+
+def _human_split(cfg: JointConfig):
+    from metaiqa.data.formats import parse_data_spec
+    from metaiqa.meta.finetune import check_samples
+
+    samples = parse_data_spec(cfg.human)
+    check_samples(samples, cfg.human)
+    order = np.random.default_rng(cfg.seed).permutation(len(samples))
+    n_val = max(3, int(round(cfg.val_fraction * len(samples))))
+    if len(samples) - n_val < cfg.batch_human:
+        raise DatasetError(f"{cfg.human}: {len(samples)} images are too few for a {cfg.batch_human}-image batch + validation")
+    val = [samples[i] for i in order[:n_val]]
+    train = [samples[i] for i in order[n_val:]]
+    return train, val
+
+
+def _read_scaled(samples, cfg: JointConfig, progress: bool) -> list[np.ndarray]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from metaiqa.meta.images import read_rgb
+
+    def one(s):
+        return to_viewing_scale(read_rgb(s.path), cfg.scale, cfg.crop_size)
+
+    with ThreadPoolExecutor(max_workers=cfg.threads or 1) as pool:
+        it = pool.map(one, samples)
+        return list(tqdm(it, total=len(samples), desc="reading photos", unit="img", disable=not progress, leave=False))
+
+
+def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    crop = img[top : top + size, left : left + size]
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def _to_batch(crops: list[np.ndarray], channels_last: bool) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+class JointTrainer:
+    """Holds the model, data and optimiser of one joint run; `run()` trains to the step budget."""
+
+    def __init__(self, cfg: JointConfig, *, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.files = RunFiles(Path(cfg.out_dir), dump_config(cfg), resume=resume)
+        self.model, init_meta, self.model_kwargs = _load_init(cfg)
+        self.model_name = init_meta["model"]
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.preprocess = {"policy": "views", "scale": cfg.scale, "size": cfg.crop_size, "max_views": cfg.max_views}
+        train, val = _human_split(cfg)
+        self.human_train, self.human_val = train, val
+        self.train_imgs = _read_scaled(train, cfg, progress)
+        self.val_imgs = _read_scaled(val, cfg, progress)
+        self.val_mos = np.asarray([s.mos for s in val], dtype=np.float64)
+        splits = (init_meta.get("data") or {}).get("splits") or {}
+        self.anchor = AnchorSet.from_folder(cfg.references, splits, cfg.anchor_scenes, cfg.anchor_scales, cfg.crop_size) \
+            if cfg.references and cfg.anchor_crops else None
+        self.ordering_val = SyntheticOrderingSet.from_folder(cfg.references, splits, cfg.val_scenes, cfg.scale, cfg.seed) \
+            if cfg.references else None
+        self.opt = torch.optim.AdamW(adam_param_groups(self.model, cfg.lr, cfg.head_lr), weight_decay=cfg.weight_decay)
+        self.step, self.best, self.elapsed = 0, -math.inf, 0.0
+        self.init_meta = init_meta
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ one step
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = rng.choice(len(self.train_imgs), size=cfg.batch_human, replace=False)
+        crops = [_random_crop(self.train_imgs[i], cfg.crop_size, rng) for i in idx]
+        y = [self.human_train[i].mos for i in idx]
+        n_human = len(crops)
+        if self.anchor is not None:
+            a_crops, a_y = self.anchor.sample(cfg.anchor_crops, rng)
+            crops += a_crops
+            y += a_y
+        return _to_batch(crops, cfg.channels_last), torch.tensor(y, dtype=torch.float32), n_human
+
+    def _loss(self, pred: torch.Tensor, y: torch.Tensor, n_human: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        ph, yh = pred[:n_human], y[:n_human]
+        mse = torch.nn.functional.mse_loss(ph, yh)
+        rank = ranking_hinge(ph, yh, None, margin=cfg.human_margin, min_diff=cfg.human_min_diff)
+        loss = mse + cfg.human_rank_weight * rank
+        parts = {"mse": mse.item(), "rank": rank.item()}
+        if pred.shape[0] > n_human:
+            pa, ya = pred[n_human:], y[n_human:]
+            content = torch.arange(pa.shape[0]) // AnchorSet.VERSIONS
+            anchor = ranking_hinge(pa, ya, content, margin=cfg.anchor_margin, min_diff=0.0)
+            loss = loss + cfg.anchor_weight * anchor
+            parts["anchor"] = anchor.item()
+        return loss, parts
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        factor = cosine_factor(self.step, cfg.steps, cfg.warmup_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = g["initial_lr"] * factor
+        x, y, n_human = self._batch(self.step)
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout
+        self.model.train()
+        loss, parts = self._loss(self.model(x).float(), y, n_human)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return {"loss": loss.item(), **parts, "lr_factor": factor}
+
+    # ------------------------------------------------------------------ validation and files
+    def validate(self) -> dict[str, float]:
+        from metaiqa.evaluation import metrics
+        from metaiqa.meta.finetune import predict
+
+        pred = predict(self.model, self.val_imgs, self.preprocess)
+        out = {"val_human_srocc": metrics.srocc(pred, self.val_mos), "val_human_plcc": metrics.plcc(pred, self.val_mos)}
+        if self.ordering_val is not None:
+            out.update(self.ordering_val.evaluate(lambda imgs: predict(self.model, imgs, self.preprocess)))
+            out["select"] = 0.5 * (out["val_human_srocc"] + out["val_synth_within_srocc"])
+        else:
+            out["select"] = out["val_human_srocc"]
+        return out
+
+    def _sidecar_data(self) -> dict[str, Any]:
+        return {
+            "human": self.cfg.human, "human_train": len(self.human_train), "human_val": len(self.human_val),
+            "human_val_ids": [s.ref_id for s in self.human_val][:5] + ["..."],
+            "anchor_scenes": self.anchor.scenes if self.anchor else [],
+            "val_scenes": self.ordering_val.scenes if self.ordering_val else [],
+            "init": self.cfg.init, "init_sha256": self.init_meta.get("sha256"),
+            "init_splits": (self.init_meta.get("data") or {}).get("splits"),
+        }
+
+    def _save(self, name: str, metrics: dict[str, Any]) -> None:
+        self.files.save_model(name, self.model, model_name=self.model_name, model_kwargs=self.model_kwargs,
+                              preprocess=self.preprocess, data=self._sidecar_data(),
+                              metrics={"step": self.step, **metrics})
+
+    def _save_state(self) -> None:
+        self.files.save_state({"step": self.step, "best": self.best, "elapsed": self.elapsed,
+                               "model": self.model.state_dict(), "opt": self.opt.state_dict()})
+
+    def _resume(self) -> None:
+        state = self.files.load_state()
+        if state is None:
+            log.info("no state in %s: starting from step 0", self.files.root)
+            return
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.best, self.elapsed = int(state["step"]), float(state["best"]), float(state["elapsed"])
+        log.info("resumed at step %d (best select %.4f)", self.step, self.best)
+
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if self.step == 0 and not self.files.log_rows():
+            row0 = {"step": 0, **self.validate()}
+            self.files.append_log(row0)
+            self.best = row0["select"]
+            self._save("best", row0)
+        t_start = time.perf_counter() - self.elapsed
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="joint", unit="step", disable=not self.progress)
+        last: dict[str, float] = {}
+        while self.step < cfg.steps:
+            last = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", best=f"{self.best:.4f}")
+            self.elapsed = time.perf_counter() - t_start
+            out_of_time = cfg.max_minutes is not None and self.elapsed > 60 * cfg.max_minutes
+            if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
+                row = {"step": self.step, "loss": last["loss"], "minutes": round(self.elapsed / 60, 2), **self.validate()}
+                self.files.append_log(row)
+                log.info("step %d: %s", self.step, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+                if row["select"] > self.best:
+                    self.best = row["select"]
+                    self._save("best", row)
+                self._save("last", row)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
+                self._save_state()
+            if out_of_time:
+                log.info("time budget of %.1f minutes reached at step %d", cfg.max_minutes, self.step)
+                break
+        bar.close()
+        return {"step": self.step, "best_select": self.best, "out_dir": str(self.files.root)}
