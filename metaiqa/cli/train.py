@@ -37,6 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--note", help="free text stored in the sidecar (e.g. what the model is for)")
     e.set_defaults(func=export)
 
+    u = sub.add_parser(
+        "upgrade-checkpoint",
+        help="rewrite old-format checkpoints so their hash covers model kwargs and preprocessing",
+        description="Rewrite checkpoints of format metaiqa-checkpoint/1 in place in the current format: "
+        "the tensors stay bit-identical, the architecture kwargs and scoring policy move under the "
+        "sha256 (inside the tensor file). The old sidecar's sha256 must verify first.",
+    )
+    u.add_argument("paths", nargs="+", metavar="CKPT", help="NAME.safetensors or its .json sidecar")
+    u.set_defaults(func=upgrade)
+
 
 def meta_train(args: argparse.Namespace) -> int:
     from metaiqa.config import load_config
@@ -62,4 +72,15 @@ def export(args: argparse.Namespace) -> int:
 
     out = export_checkpoint(args.src, args.dst, half=not args.float32, note=args.note)
     sys.stderr.write(f"wrote {out} and {out.with_suffix('.json').name}\n")
+    return 0
+
+
+def upgrade(args: argparse.Namespace) -> int:
+    from metaiqa.models.checkpoint import FORMAT, read_sidecar, upgrade_checkpoint
+
+    for path in args.paths:
+        before = read_sidecar(path)["format"]
+        out = upgrade_checkpoint(path)
+        state = "already current" if before == FORMAT else f"upgraded from {before}"
+        sys.stderr.write(f"{out}: {state} ({FORMAT})\n")
     return 0

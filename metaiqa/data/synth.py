@@ -40,7 +40,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metaiqa.errors import InvalidInput, MetaIQAError
+from metaiqa.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ CROP_TRIES = 40
 PNG_COMPRESS_LEVEL = 3  # speed over size; PNG is lossless either way
 CSV_BASE_COLUMNS = ("dist_img", "ref_img", "dmos", "dist_type", "level")
 FIRST_USER_TYPE_ID = 26  # ids of user-registered distortions follow KADID's 25
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class BadReference(MetaIQAError):
@@ -211,16 +209,8 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename: a reader (or a resumed run) never sees half an image."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a data set should be readable like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Temp file + rename: a reader (or a resumed run) never sees half an image (no fsync: regenerable)."""
+    atomic_write_bytes(path, data, durable=False)
 
 
 def process_job(job: RefJob, settings: SynthSettings, out: Path, width: int) -> list[tuple[int, dict, list[dict]]]:

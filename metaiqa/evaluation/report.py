@@ -21,7 +21,7 @@ import numpy as np
 from metaiqa.data.samples import Sample
 from metaiqa.errors import InvalidInput
 from metaiqa.evaluation import metrics
-from metaiqa.models.checkpoint import atomic_write_bytes, atomic_write_json
+from metaiqa.io import atomic_write_bytes, atomic_write_json
 
 SPLIT_FRACTION = 0.8  # share of contents drawn into each random split
 MIN_FIT = 5  # fewer pairs than this: no 4-parameter fit (it would interpolate, not fit)

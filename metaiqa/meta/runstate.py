@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from metaiqa.errors import MetaIQAError
-from metaiqa.models.checkpoint import atomic_write_bytes, save_checkpoint
+from metaiqa.io import atomic_write_bytes
+from metaiqa.models.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 

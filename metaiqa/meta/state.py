@@ -9,7 +9,6 @@ The state JSON is written last and records the sha256 of both tensor files, so a
 short (power loss, SIGKILL) is detected on resume instead of silently mixing iterations.
 """
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,12 @@ import numpy as np
 import torch
 
 from metaiqa.errors import MetaIQAError
+from metaiqa.io import atomic_write_json, read_json_file
 from metaiqa.models.checkpoint import (
     CorruptCheckpoint,
-    atomic_write_json,
     checkpoint_paths,
     load_tensors,
+    read_sidecar,
     save_tensors,
 )
 
@@ -103,22 +103,18 @@ def load_state(prefix: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]
     tensor_path, json_path = state_paths(prefix)
     if not json_path.is_file():
         raise ResumeError(f"nothing to resume: trainer state {json_path} not found")
-    try:
-        info = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResumeError(f"{json_path}: trainer state is not valid JSON ({exc})") from exc
-    if not isinstance(info, dict) or info.get("format") != STATE_FORMAT:
-        raise ResumeError(f"{json_path}: not a metaiqa trainer state (format {STATE_FORMAT} expected)")
+    info = read_json_file(json_path, STATE_FORMAT, error=ResumeError, what="metaiqa trainer state")
+    if not isinstance(info.get("state_sha256"), str):
+        raise ResumeError(f"{json_path}: trainer state records no sha256 of {tensor_path.name} "
+                          f"(state_sha256 = {info.get('state_sha256')!r:.80}); cannot verify it")
     model_path, _ = checkpoint_paths(prefix)
     try:
-        from metaiqa.models.checkpoint import read_sidecar
-
         if read_sidecar(model_path)["sha256"] != info.get("model_sha256"):
             raise ResumeError(
                 f"{json_path} belongs to another model file than {model_path} (a save was interrupted); "
                 "resume from an earlier copy or start afresh"
             )
-        tensors = load_tensors(tensor_path, info.get("state_sha256"))
+        tensors = load_tensors(tensor_path, info["state_sha256"])
     except CorruptCheckpoint as exc:
         raise ResumeError(f"cannot resume: {exc}") from exc
     try:

@@ -5,9 +5,13 @@ from metaiqa.models.checkpoint import (
     ChecksumMismatch,
     CorruptCheckpoint,
     LoadedCheckpoint,
+    MissingChecksum,
+    SidecarFieldError,
+    SidecarMismatch,
     load_checkpoint,
     read_sidecar,
     save_checkpoint,
+    upgrade_checkpoint,
 )
 from metaiqa.models.registry import UnknownModel, create_model, list_models, register_model
 
@@ -15,6 +19,9 @@ __all__ = [
     "ChecksumMismatch",
     "CorruptCheckpoint",
     "LoadedCheckpoint",
+    "MissingChecksum",
+    "SidecarFieldError",
+    "SidecarMismatch",
     "UnknownModel",
     "create_model",
     "list_models",
@@ -22,4 +29,5 @@ __all__ = [
     "read_sidecar",
     "register_model",
     "save_checkpoint",
+    "upgrade_checkpoint",
 ]

@@ -1,17 +1,46 @@
-"""Checkpoints: safetensors (no pickle) + a JSON sidecar, written atomically, hash-checked.
+"""Checkpoints: safetensors (no pickle) + a JSON sidecar, hash-checked, crash-consistent as a pair.
 
 Layout for `ckpt = Path("run/best.safetensors")`:
-    run/best.safetensors   the state dict (float32, or float16 for shipped weights)
-    run/best.json          {"format", "model", "model_kwargs", "preprocess", "config",
-                            "data", "metrics", "sha256", "dtype", "created", ...}
-The sidecar is written last, so a crash mid-save leaves the previous checkpoint intact.
+    run/best.safetensors   the state dict (float32, or float16 for shipped weights) and, in the
+                           safetensors header metadata, everything that changes a score:
+                           {"format", "model", "model_kwargs", "preprocess", "dtype"} (strings,
+                           kwargs/preprocess as canonical JSON)
+    run/best.json          {"format", "model", "model_kwargs", "preprocess", "config", "data",
+                            "metrics", "sha256", "dtype", "created", ...}
+
+Verification (format metaiqa-checkpoint/2). The sidecar's `sha256` is mandatory and covers the
+whole tensor file, header metadata included, so neither the weights nor the architecture
+kwargs nor the scoring policy can change without the hash changing. On load, the sidecar's
+copies of `model`, `model_kwargs` and `preprocess` must equal the tensor file's (an edited
+sidecar is refused naming the field); the tensor file's values are the ones used. A sidecar
+with `"sha256": null`, none, or a malformed field is refused with a `CorruptCheckpoint`
+subclass that names the field (`MissingChecksum`, `SidecarFieldError`, `SidecarMismatch`).
+
+Old checkpoints (format metaiqa-checkpoint/1, no metadata in the tensor file) still load when
+their sidecar holds a real sha256, with a warning that kwargs/preprocess are unverified;
+`upgrade_checkpoint` rewrites one in the new format with bit-identical tensors.
+
+Write order (why a crash cannot leave an unusable pair). Two files cannot be replaced in one
+atomic step, so `save_checkpoint` keeps the previous tensor file until the new sidecar is in
+place, and the sidecar is the commit point:
+    1. hard-link (or copy) the current NAME.safetensors to NAME.safetensors.prev
+    2. atomically replace NAME.safetensors        (temp file + rename)
+    3. atomically replace NAME.json                (the commit)
+    4. delete NAME.safetensors.prev
+A crash before 3 leaves the old sidecar with a tensor file that may already be new; the loader
+then finds NAME.safetensors.prev, whose hash is the one the sidecar records, and uses it (read
+only: a reader never renames files a writer may be working on). So a reader always gets the
+last committed checkpoint, the old one until step 3 and the new one after, and `last` plus the
+trainer state written after it still resume (the state recorded the committed model's hash).
+The `.prev` file never matches `*.safetensors`, so model folders do not list it.
 """
 
 import datetime as _dt
-import hashlib
 import json
+import logging
 import os
-import tempfile
+import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +48,32 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from metaiqa import __version__
-from metaiqa.errors import MetaIQAError
+from metaiqa.errors import InvalidInput, MetaIQAError
+from metaiqa.io import atomic_write_bytes, atomic_write_json, read_json_file, sha256_bytes, sha256_file
 from metaiqa.models.registry import UnknownModel, create_model
 
-FORMAT = "metaiqa-checkpoint/1"
+log = logging.getLogger(__name__)
+
+FORMAT = "metaiqa-checkpoint/2"
+LEGACY_FORMATS = ("metaiqa-checkpoint/1",)
 DEFAULT_PREPROCESS = {"policy": "center_crop", "size": 224}
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+KNOWN_POLICIES = ("views", "center_crop", "resize", "native")
+#: integer preprocess keys and their allowed range (beyond these a policy would be nonsense or huge)
+PREPROCESS_INTS = {"size": (8, 4096), "scale": (8, 8192), "max_views": (1, 256)}
+SCORE_FIELDS = ("model", "model_kwargs", "preprocess")
+PREVIOUS_SUFFIX = ".prev"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_HEADER = 100 * 2**20
+
+__all__ = [
+    "FORMAT", "DEFAULT_PREPROCESS", "CorruptCheckpoint", "ChecksumMismatch", "MissingChecksum",
+    "SidecarFieldError", "SidecarMismatch", "LoadedCheckpoint", "atomic_write_bytes", "atomic_write_json",
+    "sha256_file", "checkpoint_paths", "save_tensors", "load_tensors", "save_checkpoint", "read_sidecar",
+    "load_checkpoint", "export_checkpoint", "upgrade_checkpoint",
+]
 
 
 class CorruptCheckpoint(MetaIQAError):
@@ -39,33 +84,26 @@ class ChecksumMismatch(CorruptCheckpoint):
     """The tensor file's sha256 differs from the one its sidecar recorded."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: others (a service user) could not read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class SidecarFieldError(CorruptCheckpoint):
+    """A sidecar field is missing or malformed; `field` names it (e.g. "preprocess.size")."""
+
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.field = field
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+class MissingChecksum(ChecksumMismatch, SidecarFieldError):
+    """The sidecar records no usable sha256 (null, absent, not 64 hex digits): nothing to verify."""
+
+    def __init__(self, message: str):
+        super().__init__(message, field="sha256")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class SidecarMismatch(SidecarFieldError):
+    """The sidecar's copy of a score-relevant field differs from the one inside the tensor file."""
+
+
+# ---------------------------------------------------------------------------- paths and tensors
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -80,25 +118,212 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return p, p.with_suffix(".json")
 
 
+def _previous_path(tensor_path: Path) -> Path:
+    return tensor_path.with_name(tensor_path.name + PREVIOUS_SUFFIX)
+
+
+def _serialize(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata or {}) or None)
+
+
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
     """Atomically write a safetensors file; returns its sha256."""
-    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    blob = _serialize(tensors)
     atomic_write_bytes(path, blob)
-    return hashlib.sha256(blob).hexdigest()
+    return sha256_bytes(blob)
+
+
+def _read_verified(path: Path, sha256: str | None) -> bytes:
+    """The file's bytes, checked against `sha256` (read once, so what is hashed is what is loaded).
+
+    On a mismatch, the `.prev` copy a crashed save left behind is used if it is the one the
+    sidecar vouches for (see the module docstring).
+    """
+    if not path.is_file():
+        raise CorruptCheckpoint(f"checkpoint tensor file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorruptCheckpoint(f"{path}: cannot read the tensor file ({exc})") from exc
+    if sha256 is None:
+        return data
+    actual = sha256_bytes(data)
+    if actual == sha256:
+        return data
+    prev = _previous_path(path)
+    if prev.is_file():
+        try:
+            older = prev.read_bytes()
+        except OSError:
+            older = b""
+        if sha256_bytes(older) == sha256:
+            log.warning("%s: a save was interrupted before its sidecar was written; using the committed "
+                        "version %s (the next save replaces both)", path, prev.name)
+            return older
+    raise ChecksumMismatch(f"{path}: sha256 is {actual}, its sidecar expects {sha256}; file corrupt or replaced")
+
+
+def _deserialize(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptCheckpoint(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors blob ({} when it has none)."""
+    if len(data) < 8:
+        raise CorruptCheckpoint(f"{path}: not a readable safetensors file ({len(data)} bytes)")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(len(data) - 8, _MAX_HEADER):
+        raise CorruptCheckpoint(f"{path}: not a readable safetensors file (header length {n})")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptCheckpoint(f"{path}: not a readable safetensors file (header: {exc})") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def load_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, verified against `sha256` when given."""
     path = Path(path)
-    if not path.is_file():
-        raise CorruptCheckpoint(f"checkpoint tensor file not found: {path}")
-    if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256:
-            raise ChecksumMismatch(f"{path}: sha256 is {actual}, its sidecar expects {sha256}; file corrupt or replaced")
+    return _deserialize(_read_verified(path, sha256), path)
+
+
+# ---------------------------------------------------------------------------- sidecar fields
+
+
+def _canon(obj: Any) -> str:
+    """Canonical JSON text (what the tensor file stores; equal values give equal text)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def check_preprocess(pre: Any, where: str = "checkpoint") -> dict[str, Any]:
+    """A scoring policy as the scorer understands it, or SidecarFieldError naming the bad key."""
+    if not isinstance(pre, dict):
+        raise SidecarFieldError(f"{where}: preprocess must be an object like {DEFAULT_PREPROCESS}, got {pre!r:.80}",
+                                field="preprocess")
+    policy = pre.get("policy", "center_crop")
+    if policy not in KNOWN_POLICIES:
+        raise SidecarFieldError(f"{where}: preprocess.policy {policy!r:.80} is not one of {', '.join(KNOWN_POLICIES)}",
+                                field="preprocess.policy")
+    for key, (lo, hi) in PREPROCESS_INTS.items():
+        if key not in pre:
+            continue
+        value = pre[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise SidecarFieldError(f"{where}: preprocess.{key} must be an integer in [{lo}, {hi}], got {value!r:.80}",
+                                    field=f"preprocess.{key}")
+    return dict(pre)
+
+
+def _check_sha(meta: dict[str, Any], where: Path) -> None:
+    sha = meta.get("sha256")
+    if sha is None:
+        raise MissingChecksum(
+            f"{where}: the sidecar records no sha256 ({'null' if 'sha256' in meta else 'missing'}), so the weights "
+            "cannot be verified; refusing to load. Use a checkpoint saved by metaiqa (meta-train, fine-tune, export)"
+        )
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise MissingChecksum(f"{where}: sha256 must be 64 lower-case hex digits, got {sha!r:.80}")
+
+
+def _check_fields(meta: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Validate the fields loading depends on; old-format gaps get their old defaults."""
+    legacy = meta.get("format") in LEGACY_FORMATS
+    _check_sha(meta, where)
+    if not isinstance(meta.get("model"), str) or not meta["model"]:
+        raise SidecarFieldError(f"{where}: model must be a registered architecture name, got {meta.get('model')!r:.80}",
+                                field="model")
+    if legacy:
+        meta.setdefault("model_kwargs", {})
+        meta.setdefault("preprocess", dict(DEFAULT_PREPROCESS))
+    for key in ("model_kwargs", "preprocess"):
+        if key not in meta:
+            raise SidecarFieldError(f"{where}: field {key} is missing", field=key)
+    kwargs = meta["model_kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise SidecarFieldError(f"{where}: model_kwargs must be an object of keyword arguments, got {kwargs!r:.80}",
+                                field="model_kwargs")
+    meta["preprocess"] = check_preprocess(meta["preprocess"], str(where))
+    return meta
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's sidecar, its loading fields checked (CorruptCheckpoint subclasses name them)."""
+    _, sidecar_path = checkpoint_paths(path)
+    meta = read_json_file(sidecar_path, (FORMAT, *LEGACY_FORMATS), error=CorruptCheckpoint,
+                          what="metaiqa checkpoint sidecar")
+    return _check_fields(meta, sidecar_path)
+
+
+def _score_fields(meta: dict[str, Any], embedded: dict[str, str], path: Path) -> tuple[str, dict, dict]:
+    """(model, model_kwargs, preprocess) from the hash-covered tensor file, checked against the sidecar."""
+    if embedded.get("format") != FORMAT:
+        if meta["format"] == FORMAT:
+            raise SidecarFieldError(f"{path}: the sidecar says {FORMAT} but the tensor file carries no "
+                                    "metaiqa metadata; the pair does not belong together", field="format")
+        log.warning("%s: old checkpoint format (%s): the weights are hash-verified, but model_kwargs and preprocess "
+                    "come from the sidecar unverified; re-save it with `metaiqa export` to cover them", path,
+                    meta["format"])
+        return meta["model"], meta["model_kwargs"], meta["preprocess"]
+    for key in SCORE_FIELDS:
+        stored = embedded.get(key)
+        if stored is None:
+            raise CorruptCheckpoint(f"{path}: tensor file metadata lacks {key!r}")
+        mine = meta[key] if key == "model" else _canon(meta[key])
+        if mine != stored:
+            raise SidecarMismatch(f"{path}: sidecar field {key} = {mine[:200]} differs from the value the hash "
+                                  f"covers, {stored[:200]}; the sidecar was edited", field=key)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptCheckpoint(f"{path}: not a readable safetensors file ({exc})") from exc
+        kwargs, pre = json.loads(embedded["model_kwargs"]), json.loads(embedded["preprocess"])
+    except ValueError as exc:
+        raise CorruptCheckpoint(f"{path}: tensor file metadata is not valid JSON ({exc})") from exc
+    return embedded["model"], kwargs, check_preprocess(pre, str(path))
+
+
+def _build_model(name: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    try:
+        model = create_model(name, **kwargs)
+    except UnknownModel as exc:
+        raise SidecarFieldError(f"{path}: {exc}", field="model") from exc
+    except (TypeError, ValueError, MetaIQAError) as exc:
+        raise SidecarFieldError(f"{path}: model {name!r} rejects model_kwargs {_canon(kwargs)[:200]}: {exc}",
+                                field="model_kwargs") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CorruptCheckpoint(f"{path}: weights do not fit model {name!r}: {exc}") from exc
+    return model
+
+
+# ---------------------------------------------------------------------------- save / load
+
+
+def _keep_previous(tensor_path: Path) -> Path:
+    """Step 1 of a save: keep the committed tensor file as NAME.safetensors.prev (see module doc)."""
+    prev = _previous_path(tensor_path)
+    prev.unlink(missing_ok=True)
+    if tensor_path.exists():
+        try:
+            os.link(tensor_path, prev)
+        except OSError:  # no hard links here (some network/FUSE file systems): copy
+            shutil.copyfile(tensor_path, prev)
+    return prev
+
+
+def _write_pair(tensor_path: Path, sidecar_path: Path, blob: bytes, sidecar: dict[str, Any]) -> None:
+    prev = _keep_previous(tensor_path)
+    atomic_write_bytes(tensor_path, blob)
+    atomic_write_json(sidecar_path, sidecar)  # the commit
+    prev.unlink(missing_ok=True)
+
+
+def _embedded(model_name: str, model_kwargs: Mapping[str, Any], preprocess: Mapping[str, Any], dtype: str) -> dict:
+    return {"format": FORMAT, "model": model_name, "model_kwargs": _canon(dict(model_kwargs)),
+            "preprocess": _canon(dict(preprocess)), "dtype": dtype}
 
 
 def save_checkpoint(
@@ -114,41 +339,34 @@ def save_checkpoint(
     half: bool = False,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save `model` as a checkpoint; returns the tensor file's path."""
+    """Save `model` as a checkpoint (crash-consistent pair, see module doc); returns the tensor path."""
     tensor_path, sidecar_path = checkpoint_paths(path)
     state = model.state_dict()
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    digest = save_tensors(tensor_path, state)
+    kwargs = json.loads(_canon(dict(model_kwargs or {})))
+    try:
+        pre = check_preprocess(json.loads(_canon(dict(preprocess or DEFAULT_PREPROCESS))))
+    except SidecarFieldError as exc:
+        raise InvalidInput(f"cannot save {tensor_path}: {exc}") from None
+    dtype = "float16" if half else "float32"
+    blob = _serialize(state, _embedded(model_name, kwargs, pre, dtype))
     sidecar = {
         "format": FORMAT,
         "model": model_name,
-        "model_kwargs": dict(model_kwargs or {}),
-        "preprocess": dict(preprocess or DEFAULT_PREPROCESS),
+        "model_kwargs": kwargs,
+        "preprocess": pre,
         "config": dict(config or {}),
         "data": dict(data or {}),
         "metrics": dict(metrics or {}),
-        "sha256": digest,
-        "dtype": "float16" if half else "float32",
+        "sha256": sha256_bytes(blob),
+        "dtype": dtype,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "metaiqa_version": __version__,
-        **dict(extra or {}),
+        **{k: v for k, v in dict(extra or {}).items() if k not in ("format", "sha256", *SCORE_FIELDS)},
     }
-    atomic_write_json(sidecar_path, sidecar)
+    _write_pair(tensor_path, sidecar_path, blob, sidecar)
     return tensor_path
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    _, sidecar_path = checkpoint_paths(path)
-    if not sidecar_path.is_file():
-        raise CorruptCheckpoint(f"checkpoint sidecar not found: {sidecar_path}")
-    try:
-        meta = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpoint(f"{sidecar_path}: sidecar is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta or "sha256" not in meta:
-        raise CorruptCheckpoint(f"{sidecar_path}: not a metaiqa checkpoint sidecar (format {FORMAT} expected)")
-    return meta
 
 
 @dataclass
@@ -164,21 +382,22 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Rebuild the model named in the sidecar and load its verified weights (float32, eval mode)."""
+    """Rebuild the model a checkpoint names and load its verified weights (float32, eval mode).
+
+    Raises CorruptCheckpoint (or a subclass naming the fault: ChecksumMismatch, MissingChecksum,
+    SidecarFieldError, SidecarMismatch) for anything that cannot be verified or does not fit.
+    """
     tensor_path, _ = checkpoint_paths(path)
     meta = read_sidecar(tensor_path)
-    state = load_tensors(tensor_path, meta["sha256"])
-    try:
-        model = create_model(meta["model"], **meta.get("model_kwargs", {}))
-    except UnknownModel as exc:
-        raise CorruptCheckpoint(f"{tensor_path}: {exc}") from exc
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CorruptCheckpoint(f"{tensor_path}: weights do not fit model {meta['model']!r}: {exc}") from exc
+    data = _read_verified(tensor_path, meta["sha256"])
+    name, kwargs, pre = _score_fields(meta, _header_metadata(data, tensor_path), tensor_path)
+    model = _build_model(name, kwargs, _deserialize(data, tensor_path), tensor_path)
     model.to(device).eval()
-    return LoadedCheckpoint(model, meta, tensor_path, dict(meta.get("preprocess") or DEFAULT_PREPROCESS))
+    return LoadedCheckpoint(model, meta, tensor_path, dict(pre))
+
+
+_KNOWN_KEYS = {"format", "model", "model_kwargs", "preprocess", "config", "data", "metrics", "sha256",
+               "dtype", "created", "metaiqa_version"}
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, note: str | None = None) -> Path:
@@ -189,9 +408,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, no
     """
     loaded = load_checkpoint(src)
     meta = loaded.meta
-    known = {"format", "model", "model_kwargs", "preprocess", "config", "data", "metrics", "sha256",
-             "dtype", "created", "metaiqa_version"}
-    extra = {k: v for k, v in meta.items() if k not in known}
+    extra = {k: v for k, v in meta.items() if k not in _KNOWN_KEYS}
     extra["exported_from"] = {"path": str(loaded.path), "sha256": meta["sha256"], "created": meta.get("created")}
     if note:
         extra["note"] = note
@@ -200,3 +417,34 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, no
         preprocess=loaded.preprocess, config=meta.get("config"), data=meta.get("data"),
         metrics=meta.get("metrics"), half=half, extra=extra,
     )
+
+
+def upgrade_checkpoint(path: str | Path) -> Path:
+    """Rewrite an old-format (metaiqa-checkpoint/1) checkpoint in place in the current format.
+
+    The tensors are written back bit for bit (same names, dtypes and bytes); the sidecar keeps
+    every field and records the old hash under "upgraded_from". The old sidecar's sha256 must
+    verify first, so an unverifiable file is never blessed. A current-format checkpoint is
+    verified and left alone. Returns the tensor path.
+    """
+    tensor_path, sidecar_path = checkpoint_paths(path)
+    meta = read_sidecar(tensor_path)
+    data = _read_verified(tensor_path, meta["sha256"])
+    if meta["format"] == FORMAT:
+        load_checkpoint(tensor_path)
+        return tensor_path
+    if _header_metadata(data, tensor_path).get("format") == FORMAT:
+        raise SidecarFieldError(f"{sidecar_path}: says {meta['format']} but its tensor file is {FORMAT}", field="format")
+    state = _deserialize(data, tensor_path)
+    _build_model(meta["model"], meta["model_kwargs"], state, tensor_path)  # the pair must load as it is
+    dtype = meta.get("dtype") if isinstance(meta.get("dtype"), str) else "float32"
+    blob = _serialize(state, _embedded(meta["model"], meta["model_kwargs"], meta["preprocess"], dtype))
+    rewritten = load(blob)
+    if rewritten.keys() != state.keys() or not all(
+        rewritten[k].dtype == v.dtype and torch.equal(rewritten[k], v) for k, v in state.items()
+    ):
+        raise CorruptCheckpoint(f"{tensor_path}: the upgraded tensors would differ from the original; nothing written")
+    sidecar = {**meta, "format": FORMAT, "sha256": sha256_bytes(blob),
+               "upgraded_from": {"format": meta["format"], "sha256": meta["sha256"]}}
+    _write_pair(tensor_path, sidecar_path, blob, sidecar)
+    return tensor_path
