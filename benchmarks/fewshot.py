@@ -7,8 +7,9 @@ model's checkpoint sidecar:
 * test set: the held-out types on the run's TEST scenes (never seen in any form);
 * zero-shot: score the test set with the model as it is;
 * K-shot: for each held-out type and each split, fine-tune a copy on K labelled images
-  of that type drawn from the non-test scenes (content-disjoint, part of them for early
-  stopping), score that type's test images; report the median over splits.
+  of that type drawn from the non-test scenes (whole contents; the epoch count chosen by
+  content-disjoint k-fold over those K images, see metaiqa/meta/selection.py), score that
+  type's test images; report the median over splits.
 
 Prints a markdown table and writes the raw numbers as JSON.
 
@@ -54,7 +55,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="+", default=[50])
     ap.add_argument("--splits", type=int, default=3, help="random few-shot draws per type (median reported)")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--folds", type=int, default=4, help="k-fold over the shots choosing the epoch count")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--crop-size", type=int, default=128)
@@ -106,12 +107,12 @@ def main() -> None:
             for split in range(args.splits):
                 preds = {}
                 for t in holdout:
-                    train, val, _ = few_shot_split(pools[t], k, seed=1000 * split + k)
+                    shots, _, _ = few_shot_split(pools[t], k, seed=1000 * split + k, val_fraction=0.0)
                     cfg = FineTuneConfig(
-                        shots=k, epochs=args.epochs, patience=args.patience, lr=args.lr,
+                        shots=k, epochs=args.epochs, folds=args.folds, lr=args.lr,
                         head_lr=args.head_lr, crop_size=args.crop_size, seed=split,
                     )
-                    tuned, _ = fine_tune(ck.model, train, val, cfg, preprocess=ck.preprocess,
+                    tuned, _ = fine_tune(ck.model, shots, cfg, preprocess=ck.preprocess,
                                          progress=False, cache=cache)
                     preds[t] = predict(tuned, test_imgs[t], ck.preprocess)
                 runs.append(_pooled_and_per_type(preds, tests))

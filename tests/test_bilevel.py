@@ -1,5 +1,6 @@
 """Behaviour of the bi-level functions (learn2learn-style checks on tiny networks)."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -186,6 +187,29 @@ def test_ranking_hinge_by_hand():
     assert out.item() == 0.0 and p.grad is not None
     total = iqa_loss(pred, Target(y, content), ranking_weight=2.0)
     assert total.item() == pytest.approx(((pred - y) ** 2).mean().item() + 1.5)
+
+
+def test_ranking_across_images_when_every_image_is_its_own_content():
+    # four photos, each its own content (ids all distinct), scored in the wrong order
+    pred = torch.tensor([0.9, 0.6, 0.4, 0.1], requires_grad=True)
+    y = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    own = torch.arange(4)
+    assert ranking_hinge(pred, y, own).item() == 0.0  # within content: not a single pair
+    across = ranking_hinge(pred, y, None)
+    # every pair (i < j) has y_i < y_j but p_i > p_j: hinge = margin + (p_i - p_j)
+    by_hand = np.mean([0.05 + (pred[i] - pred[j]).item() for i in range(4) for j in range(i + 1, 4)])
+    assert across.item() == pytest.approx(by_hand)
+    across.backward()
+    assert pred.grad.abs().sum() > 0  # it pushes the scores toward the labels' order
+    mse = ((pred.detach() - y) ** 2).mean().item()
+    loss = iqa_loss(pred.detach(), Target(y, own), ranking_weight=1.0, across=True)
+    assert loss.item() == pytest.approx(mse + by_hand)  # `across` overrides the content ids
+    assert iqa_loss(pred.detach(), Target(y, own), ranking_weight=1.0).item() == pytest.approx(mse)
+    # pairs whose labels differ by no more than min_diff are never ranked, across images too
+    p = torch.tensor([0.9, 0.1, 0.5], requires_grad=True)
+    close = ranking_hinge(p, torch.tensor([0.50, 0.51, 0.515]), None, min_diff=0.02)
+    close.backward()
+    assert close.item() == 0.0 and p.grad.abs().sum() == 0
 
 
 def test_bad_inner_optimizer_is_rejected():

@@ -215,3 +215,81 @@ def test_checkpoint_weights_match_trained_model(synth, tmp_path):
     saved = load_tensors(tmp_path / "w" / "last.safetensors")
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(saved[k], v.detach().cpu().contiguous())
+
+
+# ----------------------------------------------------------------- validation after a short adaptation
+ADAPT = ("data.val_fraction=0.4", "train.val_adapt_steps=3", "train.val_adapt_lr=0.05")  # 2 val scenes per type
+
+
+def test_adaptation_tasks_are_per_type_with_disjoint_contents(synth, tmp_path):
+    from metaiqa.data.tasks import content_key
+
+    trainer = MetaTrainer(_cfg(synth, tmp_path / "x", *ADAPT), progress=False)
+    tasks = trainer.adapt_tasks
+    assert sorted(t.group for t in tasks) == ["gaussian_blur", "jpeg"]  # the training types, not held-out
+    for t in tasks:
+        query = [trainer.val[i] for i in t.query]
+        assert {s.group for s in t.support} == {s.group for s in query} == {t.group}
+        assert not {content_key(s) for s in t.support} & {content_key(s) for s in query}
+        assert len(query) >= 3
+    assert trainer.select_key == "val_srocc_adapted"
+    # too few validation contents (1 scene): no task, 'best' falls back to the zero-shot figure
+    assert MetaTrainer(_cfg(synth, tmp_path / "y"), progress=False).select_key == "val_srocc"
+
+
+def test_validation_adapts_a_copy_and_leaves_training_state_alone(synth, tmp_path):
+    from metaiqa.meta.state import capture_rng
+
+    trainer = MetaTrainer(_cfg(synth, tmp_path / "v", *ADAPT), progress=False)
+    trainer.train_step()
+    before, rng_before = _params(trainer.model), capture_rng()
+    sampler_before = trainer.sampler.state_dict()
+    metrics = trainer.validate()
+    assert np.isfinite(metrics["val_srocc"]) and np.isfinite(metrics["val_srocc_adapted"])
+    assert np.isfinite(metrics["val_srocc_query_zero_shot"])
+    after, rng_after = _params(trainer.model), capture_rng()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats
+    assert all(torch.equal(rng_before[0][k], rng_after[0][k]) for k in rng_before[0]) and rng_before[1] == rng_after[1]
+    assert trainer.sampler.state_dict() == sampler_before and trainer.model.training
+    assert trainer.validate() == metrics  # the same tasks and crops at every validation
+    steps0 = MetaTrainer(_cfg(synth, tmp_path / "w", *ADAPT, "train.val_adapt_steps=0"), progress=False)
+    steps0.model.load_state_dict(trainer.model.state_dict())
+    m0 = steps0.validate()  # no step: the adapted figure is the zero-shot one on the same query sets
+    assert m0["val_srocc_adapted"] == pytest.approx(m0["val_srocc_query_zero_shot"], abs=1e-9)
+
+
+def test_validating_with_adaptation_does_not_change_the_trajectory(synth, tmp_path):
+    often = MetaTrainer(_cfg(synth, tmp_path / "often", *ADAPT, "train.val_every=1"), progress=False)
+    often.run()
+    rarely = MetaTrainer(_cfg(synth, tmp_path / "rarely", *ADAPT, "train.val_every=100"), progress=False)
+    rarely.run()
+    a, b = _params(often.model), _params(rarely.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader((tmp_path / "often" / "log.csv").open()))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in csv.DictReader((tmp_path / "rarely" / "log.csv").open())]
+    assert all(np.isfinite(float(r["val_srocc_adapted"])) and r["val_srocc"] != "" for r in rows)
+    best = load_checkpoint(tmp_path / "often" / "best").meta["metrics"]
+    assert best["selected_by"] == "val_srocc_adapted" and "val_srocc" in best
+    scores = [float(r["val_srocc_adapted"]) for r in rows]
+    assert best["iteration"] == 1 + int(np.argmax(scores))
+
+
+@pytest.mark.parametrize(("select_by", "expected"), [("adapted", 2), ("zero_shot", 1)])
+def test_best_is_selected_on_the_configured_figure(synth, tmp_path, select_by, expected):
+    scripted = {1: (0.9, 0.1), 2: (0.2, 0.6), 3: (0.5, 0.3), 4: (0.1, 0.2)}  # iteration: (zero-shot, adapted)
+    trainer = MetaTrainer(_cfg(synth, tmp_path / select_by, *ADAPT, "train.val_every=1",
+                               f"train.select_by={select_by}"), progress=False)
+    trainer.validate = lambda: dict(zip(("val_srocc", "val_srocc_adapted"), scripted[trainer.iteration], strict=True))
+    summary = trainer.run()
+    best = load_checkpoint(tmp_path / select_by / "best").meta
+    assert best["iteration"] == expected and summary["best_by"] == best["metrics"]["selected_by"]
+    assert summary["best"] == pytest.approx(max(v[0 if select_by == "zero_shot" else 1] for v in scripted.values()))
+
+
+def test_resume_with_another_selection_figure_starts_best_afresh(synth, tmp_path):
+    out = tmp_path / "sel"
+    MetaTrainer(_cfg(synth, out, *ADAPT, "train.iterations=2", "train.select_by=zero_shot"), progress=False).run()
+    same = MetaTrainer(_cfg(synth, out, *ADAPT, "train.select_by=zero_shot"), resume=True, progress=False)
+    assert same.best is not None
+    other = MetaTrainer(_cfg(synth, out, *ADAPT), resume=True, progress=False)  # select_by may change on resume
+    assert other.best is None and other.select_key == "val_srocc_adapted"

@@ -20,32 +20,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     ft = sub.add_parser(
         "fine-tune",
         help="adapt a quality prior to a new distortion or your own labelled images (few-shot)",
-        description="Few-shot fine-tuning: takes SHOTS labelled images from --data (split content-disjointly "
-        "into train and an early-stopping val set; the rest stay untouched), trains a copy of the prior with "
-        "Adam on random crops + flips (MSE + within-content ranking loss), keeps the weights with the best "
-        "val SROCC (the prior itself counts) and saves them with a JSON sidecar recording config, data and "
-        "metrics. Settings: defaults < --config YAML < --set key=value < the flags below.",
+        description="Few-shot fine-tuning: takes SHOTS labelled images from --data (whole contents, drawn "
+        "at random; the other contents stay untouched) and trains a copy of the prior with Adam on random "
+        "crops + flips (MSE + a ranking loss: within content for synthetic data with several levels per "
+        "content, across images when every image is its own content, e.g. real photos). "
+        "How long to train is chosen on the shots alone, never on test data and never on fewer than two "
+        "contents: the shots are split by content into FOLDS folds (each >= 2 contents, >= 3 images); "
+        "for each fold a copy trains on the others for EPOCHS epochs and the held-out fold's SROCC is "
+        "measured after every epoch; the epoch count with the best mean over folds wins (0 = keep the "
+        "prior), and the saved model is a final fit on ALL shots for that many epochs. With too few shots "
+        "to hold any out (< 10 images or < 4 contents) nothing is selected: all shots train for the fixed "
+        "EPOCHS budget. The rule, the fold curve and the chosen epochs are recorded in the JSON sidecar "
+        "with the config and data. Settings: defaults < --config YAML < --set key=value < the flags below.",
     )
     ft.add_argument("--prior", metavar="CKPT",
                     help="prior checkpoint (.safetensors with its .json sidecar, e.g. from meta-train) or a model "
                     "name (default: the bundled metaiqa-default model)")
     ft.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     ft.add_argument("--shots", type=int, metavar="K",
-                    help="labelled images used for adaptation, train + val (default 50)")
+                    help="labelled images used for adaptation; all of them train the final model (default 50)")
     ft.add_argument("--out", required=True, metavar="CKPT", help="where to save the fine-tuned checkpoint")
-    ft.add_argument("--epochs", type=int, help="maximum epochs; early stopping may end sooner (default 30)")
+    ft.add_argument("--epochs", type=int,
+                    help="largest epoch count the k-fold rule tries; with too few shots to select, the fixed "
+                    "budget (default 30)")
     ft.add_argument("--lr", type=float, help="Adam learning rate of the backbone (default 0.0001)")
     ft.add_argument("--head-lr", type=float, help="Adam learning rate of the regression head (default 0.001)")
     ft.add_argument("--batch-size", type=int, help="images per step (default 16)")
-    ft.add_argument("--patience", type=int, help="epochs without val improvement before stopping (default 5)")
-    ft.add_argument("--val-fraction", type=float, help="share of the shots held out for early stopping (default 0.2)")
-    ft.add_argument("--seed", type=int, help="seed of the split, crops and batch order (default 0)")
+    ft.add_argument("--folds", type=int,
+                    help="content-disjoint folds of the cross-validation choosing the epoch count; fewer when "
+                    "the shots have too few contents (default 4)")
+    ft.add_argument("--seed", type=int, help="seed of the shots, folds, crops and batch order (default 0)")
     ft.add_argument("--config", metavar="YAML", help="config file, e.g. configs/fine_tune/fewshot.yaml")
     ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override one config key (repeatable), e.g. --set ranking_weight=0.5")
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(func=cmd_fine_tune)
+    _register_validate(sub)
 
+
+def _register_validate(sub: argparse._SubParsersAction) -> None:
     va = sub.add_parser(
         "validate",
         help="measure a model against labelled images: SROCC/KRCC/PLCC/RMSE, per distortion, report files",
@@ -55,8 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(80% of the contents each). Writes report.json, scatter.png, predictions.csv and a self-contained "
         "report.html to --out.",
     )
-    va.add_argument("--model", metavar="CKPT",
-                    help="checkpoint path or model name (default: the bundled metaiqa-default model)")
+    va.add_argument("--model", metavar="NAME|CKPT",
+                    help="metaiqa-default (bundled, used when no --model is given: trained on human scores of "
+                    "real photos, scores the whole image), metaiqa-prior (bundled synthetic-only meta-learned "
+                    "prior), or a checkpoint path")
     va.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     va.add_argument("--splits", type=int, default=1, help="random content-disjoint subsets (80%% of contents each) to take the median over (default 1: none)")
     va.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
@@ -83,27 +98,27 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
     from metaiqa.meta.finetune import FineTuneConfig, fine_tune_checkpoint
 
     flags = {"shots": args.shots, "epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr,
-             "batch_size": args.batch_size, "patience": args.patience, "val_fraction": args.val_fraction,
-             "seed": args.seed}
+             "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(FineTuneConfig, args.config, overrides)
     samples = parse_data_spec(args.data)
     res = fine_tune_checkpoint(resolve_model(args.prior), samples, cfg, args.out, data_spec=args.data,
                                progress=not args.no_progress)
-    m, h = res.metrics, res.history
-    crit = m["criterion"]
-    zero = h["zero_shot"].get(crit)
-    best = h["best"].get(crit)
-    sys.stdout.write(
-        f"saved {res.path}\n"
-        f"  data: {res.data['train']['n']} train + {res.data['val']['n']} val images "
-        f"({len(res.data['train']['contents'])} + {len(res.data['val']['contents'])} contents), "
-        f"{res.data['test_images']} untouched\n"
-        f"  epochs run: {len(h['epochs']) - 1}{' (early stop)' if h['stopped_early'] else ''}, "
-        f"best epoch: {m['best_epoch']}\n"
-        f"  {crit}: {_f(zero)} zero-shot -> {_f(best)} fine-tuned\n"
-    )
+    sys.stdout.write(f"saved {res.path}\n" + describe_fine_tune(res.history, res.data))
     return 0
+
+
+def describe_fine_tune(history: dict[str, Any], data: dict[str, Any]) -> str:
+    """Plain-text summary of a fine-tune: the shots, the rule and what it chose."""
+    train = data["train"]
+    lines = [f"  data: {train['n']} shots ({len(train['contents'])} contents), {data['test_images']} images untouched"]
+    if history["rule"] == "kfold":
+        lines.append(f"  rule: {history['rule_reason']} -> {history['chosen_epochs']} epochs "
+                     f"(mean held-out SROCC {_f(history['cv_val_srocc'])}; the prior {_f(history['cv_zero_shot_srocc'])})")
+    else:
+        lines.append(f"  rule: fixed budget of {history['chosen_epochs']} epochs, no selection ({history['rule_reason']})")
+    lines.append(f"  final fit: {history['chosen_epochs']} epochs on all {train['n']} shots, ranking {history['ranking']}")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

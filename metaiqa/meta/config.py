@@ -89,6 +89,17 @@ class TrainConfig(StrictModel):
     renorm_rmax: float = Field(3.0, ge=1)
     renorm_dmax: float = Field(5.0, ge=0)
     calibrate_images: int = Field(256, ge=0, description="pooled images that initialise the BN statistics (renorm)")
+    val_adapt_steps: int = Field(5, ge=0, description="inner steps of the short adaptation on each validation "
+                                 "task before its query contents are scored (val_srocc_adapted)")
+    val_adapt_lr: float | None = Field(None, ge=0, description="lr of those steps (None: inner.lr; the optimizer "
+                                       "is inner.optimizer)")
+    val_adapt_support: int = Field(2, ge=1, description="validation contents per type used as the support set "
+                                   "(at most half of the type's contents; the rest are the query)")
+    select_by: Literal["adapted", "zero_shot"] = Field(
+        "adapted", description="what 'best' maximises: val_srocc_adapted (SROCC after the short adaptation, what "
+        "the prior is for) or val_srocc (zero-shot); adapted falls back to zero-shot when no validation type has "
+        "two contents",
+    )
 
 
 class MetaTrainConfig(StrictModel):

@@ -1,11 +1,16 @@
 """Few-shot adaptation of a quality prior to an unseen distortion or a user's labelled images.
 
 The point of MetaIQA: a meta-learned prior should reach a good model from a few labelled
-images. `fine_tune` trains a copy of a model with Adam on random crops + flips (MSE +
-the within-content ranking hinge of `metaiqa.meta.losses`) and keeps the weights with the
-best validation SROCC, stopping early when it stops improving. The prior itself (epoch 0)
-is a candidate too, so fine-tuning never returns something worse on validation.
-`fine_tune_checkpoint` wraps it for the CLI: load, content-disjoint split, tune, save.
+images. `fine_tune` trains a copy of a model with Adam on random crops + flips (MSE + the
+ranking hinge of `metaiqa.meta.losses`: within content for synthetic data with several
+levels per content, across images when every image is its own content).
+
+How long to train is the only thing chosen, and it is chosen honestly (see
+`metaiqa.meta.selection`): k-fold cross-validation over the shots with content-disjoint
+folds picks the epoch count (0 = keep the prior), then a final fit on ALL shots runs that
+many epochs. Too few shots to hold any out: a fixed budget (`epochs`), no selection. No data
+beyond the shots is ever read. `fine_tune_checkpoint` wraps it for the CLI: load, draw the
+shots content-disjointly from the rest, tune, save with the rule and fold curve recorded.
 """
 
 from __future__ import annotations
@@ -21,41 +26,60 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from metaiqa.config import StrictModel, dump_config
+from metaiqa.config import ConfigError, StrictModel, dump_config
 from metaiqa.data.samples import DatasetError, Sample
+from metaiqa.data.tasks import content_key, reference_key
 from metaiqa.data.transforms import image_views, resize_short_side, to_tensor
 from metaiqa.errors import InvalidInput
 from metaiqa.evaluation import metrics
 from metaiqa.meta.images import ImageCache, task_batch
+from metaiqa.meta.losses import iqa_loss
+from metaiqa.meta.optim import adam_param_groups
+from metaiqa.meta.selection import SelectionPlan, choose_epochs, fold_curve, plan_folds
 
 log = logging.getLogger(__name__)
+
+#: Keys of the former early-stopping protocol, with what replaced them.
+REMOVED_KEYS = {
+    "patience": "the epoch count is now chosen by k-fold cross-validation over the shots (set 'folds')",
+    "min_delta": "the epoch count is now chosen by k-fold cross-validation over the shots (set 'folds')",
+    "val_fraction": "no share of the shots is held out any more: k-fold cross-validation uses all of them "
+    "(set 'folds')",
+}
 
 
 class FineTuneConfig(StrictModel):
     """configs/fine_tune/fewshot.yaml; every key validated, unknown keys are errors."""
 
-    shots: int = Field(50, ge=2, description="labelled images used for adaptation (train + val)")
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of the shots held out for early stopping")
-    epochs: int = Field(30, ge=1)
+    shots: int = Field(50, ge=2, description="labelled images used for adaptation (all of them are trained on)")
+    folds: int = Field(4, ge=2, description="k of the content-disjoint k-fold cross-validation choosing the epochs")
+    epochs: int = Field(30, ge=1, description="largest epoch count tried by k-fold; the fixed budget with too "
+                        "few shots to select")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-4, ge=0.0, description="Adam lr of the backbone")
     head_lr: float = Field(1e-3, ge=0.0, description="Adam lr of the regression head")
     weight_decay: float = Field(1e-4, ge=0.0)
     crop_size: int | None = Field(None, ge=16, description="training crop; None = the checkpoint's size")
     flip: bool = True
-    ranking_weight: float = Field(1.0, ge=0.0, description="weight of the within-content ranking hinge")
+    ranking_weight: float = Field(1.0, ge=0.0, description="weight of the ranking hinge (within content, or "
+                                  "across images when every image is its own content)")
     ranking_margin: float = Field(0.05, ge=0.0)
-    patience: int = Field(5, ge=1, description="epochs without a val improvement before stopping")
-    min_delta: float = Field(0.0, ge=0.0, description="smallest val gain that counts as improvement")
     freeze_backbone: bool = False
     batchnorm: Literal["frozen", "train"] = Field(
         "frozen", description="frozen: keep the prior's running statistics (few images estimate them badly)"
     )
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; None = leave as is")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        for key in sorted(set(data) & set(REMOVED_KEYS)) if isinstance(data, dict) else ():
+            raise ConfigError(f"fine-tune key {key!r} (got {data[key]!r}) was removed: {REMOVED_KEYS[key]}")
+        return data
 
 
 @dataclass
@@ -80,6 +104,13 @@ def check_samples(samples: Sequence[Sample], what: str) -> None:
             ok = False
         if not ok:
             raise DatasetError(f"{what}: image {s.path} has no finite MOS label (got {s.mos!r})")
+
+
+def rank_across_images(samples: Sequence[Sample]) -> bool:
+    """True when no reference has two images (each image its own content, e.g. BIQ2021):
+    the within-content ranking term would have no pair, so the hinge ranks across images."""
+    refs = [reference_key(s) for s in samples]
+    return len(set(refs)) == len(refs)
 
 
 def predict(model: nn.Module, images: Sequence[np.ndarray], preprocess: dict, batch_size: int = 16) -> np.ndarray:
@@ -132,126 +163,173 @@ def _set_batchnorm(model: nn.Module, mode: str) -> None:
                 m.eval()
 
 
-# ---------------------------------------------------------------------------- training
+# ---------------------------------------------------------------------------- one fit
+
+
+@dataclass
+class _Setup:
+    """What every fit of one `fine_tune` call shares."""
+
+    cfg: FineTuneConfig
+    preprocess: dict[str, Any]
+    size: int
+    cache: Any  # ImageCache (or anything with .get(path) -> uint8 HxWx3): scoring
+    train_cache: Any  # the same, or the "resize" policy's rescaled images: training crops
+    across: bool  # rank across images (every image its own content)
+    bar: Any = None
+
+
+def _optimizer(net: nn.Module, cfg: FineTuneConfig) -> torch.optim.Optimizer:
+    groups = adam_param_groups(net, cfg.lr, cfg.head_lr, freeze_backbone=cfg.freeze_backbone)
+    if not groups:
+        raise InvalidInput("model has no trainable parameters to fine-tune")
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+
+def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, samples: Sequence[Sample], setup: _Setup,
+                rng: np.random.Generator) -> float | None:
+    """One pass over `samples` in a random order; the mean training loss (None if no step ran)."""
+    cfg = setup.cfg
+    device = next(net.parameters()).device
+    net.train()
+    _set_batchnorm(net, cfg.batchnorm)
+    order = rng.permutation(len(samples))
+    losses = []
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        if len(idx) < 2 and len(order) > 1 and cfg.batchnorm == "train":
+            continue  # BatchNorm cannot train on a single image
+        # task_batch: one crop box + flip per reference, so ranked pairs show the same patch
+        x, tgt = task_batch([samples[i] for i in idx], setup.train_cache, crop_size=setup.size, rng=rng,
+                            flip=cfg.flip)
+        loss = iqa_loss(net(x.to(device)), tgt, ranking_weight=cfg.ranking_weight, margin=cfg.ranking_margin,
+                        across=setup.across)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else None
+
+
+def fit(model: nn.Module, train: Sequence[Sample], setup: _Setup, epochs: int, key: int,
+        val: Sequence[Sample] = ()) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Train a float32 copy of `model` on `train` for `epochs` epochs; randomness from (seed, key).
+
+    Rows: one per epoch (epoch 0 = the untouched copy), with val metrics after each when `val` is given.
+    """
+    net = copy.deepcopy(model).float()
+    opt = _optimizer(net, setup.cfg)
+    rng = np.random.default_rng([setup.cfg.seed, key])
+    torch.manual_seed(int(np.random.SeedSequence([setup.cfg.seed, key]).generate_state(1)[0]))
+    val_imgs = [setup.cache.get(s.path) for s in val]
+    y_val = np.asarray([float(s.mos) for s in val], dtype=np.float64)
+
+    def row(epoch: int, loss: float | None, t0: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"epoch": epoch, "train_loss": loss}
+        if len(val):
+            out.update(_val_metrics(predict(net, val_imgs, setup.preprocess), y_val))
+        return {**out, "seconds": round(time.perf_counter() - t0, 3)}
+
+    rows = [row(0, None, time.perf_counter())]
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        rows.append(row(epoch, train_epoch(net, opt, list(train), setup, rng), t0))
+        if setup.bar is not None:
+            setup.bar.update(1)
+            setup.bar.set_postfix(fold=key or "final", loss=rows[-1]["train_loss"], val=rows[-1].get("val_srocc"))
+    net.eval()
+    return net, rows
+
+
+# ---------------------------------------------------------------------------- the protocol
+
+
+def _cross_validate(model: nn.Module, plan: SelectionPlan, setup: _Setup) -> list[dict[str, Any]]:
+    """Fold i trains on the other folds for cfg.epochs epochs, its held-out SROCC recorded per epoch."""
+    out = []
+    for i, held_out in enumerate(plan.folds):
+        train = plan.train_part(i)
+        _, rows = fit(model, train, setup, setup.cfg.epochs, key=i + 1, val=held_out)
+        out.append({"fold": i, "n_train": len(train), "n_val": len(held_out),
+                    "contents": sorted({content_key(s) for s in held_out}), "epochs": rows})
+    return out
 
 
 def fine_tune(
     model: nn.Module,
-    train_samples: Sequence[Sample],
-    val_samples: Sequence[Sample],
+    samples: Sequence[Sample],
     cfg: FineTuneConfig,
     *,
     preprocess: dict[str, Any] | None = None,
     progress: bool = True,
-    cache: ImageCache | None = None,
+    cache: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-tune a COPY of `model` (the argument is left untouched); returns (best copy, history).
+    """Fine-tune a COPY of `model` (left untouched) on the labelled `samples` (the shots); returns (copy, history).
 
-    Early stopping watches val SROCC (val MSE when val has < 3 images or constant labels);
-    with no val samples all epochs run and the last weights are kept. `preprocess` is the
-    checkpoint's scoring policy (validation scores images the way the Scorer will).
-    `cache` (an ImageCache) lets repeated calls (benchmarks) decode each image once.
-    Deterministic for cfg.seed; the caller's global torch RNG state is restored afterwards.
+    The epoch count comes from content-disjoint k-fold cross-validation over `samples`
+    (`metaiqa.meta.selection`), or is cfg.epochs when there are too few shots to select;
+    the copy is then fitted on all of `samples` for that many epochs. Only `samples` are
+    read. `preprocess` is the checkpoint's scoring policy (held-out folds are scored the way
+    the Scorer will); `cache` (an ImageCache) lets repeated calls decode each image once.
+    Deterministic for cfg.seed whatever the order of `samples`; the caller's global torch RNG
+    state is restored afterwards.
     """
     from tqdm import tqdm
 
-    from metaiqa.meta.losses import iqa_loss
-
-    check_samples(train_samples, "fine-tune train set")
-    if len(val_samples):
-        check_samples(val_samples, "fine-tune val set")
+    check_samples(samples, "fine-tune shots")
+    samples = sorted(samples, key=lambda s: (content_key(s), str(s.path)))  # the result ignores the input order
     preprocess = dict(preprocess or {"policy": "center_crop", "size": 224})
-    size = int(cfg.crop_size or preprocess.get("size", 224))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cache = cache if cache is not None else ImageCache()
-    train_samples = list(train_samples)
-    val_imgs = [cache.get(s.path) for s in val_samples]
-    train_cache = cache
-    if preprocess.get("policy") == "resize":
-        train_cache = _ResizedCache(cache, int(preprocess.get("size", size)))
-    # authentic sets (no reference ids): MOS are comparable across images, so rank all pairs
-    rank_all = all(s.ref_id is None for s in train_samples)
-    y_val = np.asarray([float(s.mos) for s in val_samples], dtype=np.float64)
-    use_srocc = len(val_samples) >= 3 and np.ptp(y_val) > 0
-    criterion = "val_srocc" if use_srocc else ("val_mse" if len(val_samples) else "none")
-
-    def score_of(row: dict[str, float]) -> float:
-        v = row.get(criterion, float("nan"))
-        v = -v if criterion == "val_mse" else v
-        return v if math.isfinite(v) else -math.inf
-
-    net = copy.deepcopy(model).float()
-    device = next(net.parameters()).device  # runs where the caller put the model (CPU or CUDA)
-    head = set(net.head_parameter_names()) if hasattr(net, "head_parameter_names") else set()
-    groups = [
-        {"params": [p for n, p in net.named_parameters() if n in head], "lr": cfg.head_lr},
-        {"params": [p for n, p in net.named_parameters() if n not in head], "lr": cfg.lr},
-    ]
-    if cfg.freeze_backbone:
-        for p in groups[1]["params"]:
-            p.requires_grad_(False)
-        groups = groups[:1]
-    groups = [g for g in groups if g["params"]]
-    if not groups:
-        raise InvalidInput("model has no trainable parameters to fine-tune")
-    opt = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-
-    history: dict[str, Any] = {"criterion": criterion, "epochs": [], "stopped_early": False}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        row0 = {"epoch": 0, "train_loss": None, **_val_metrics(predict(net, val_imgs, preprocess), y_val)}
-        history["epochs"].append(row0)
-        best, best_epoch, best_state, bad = score_of(row0), 0, copy.deepcopy(net.state_dict()), 0
-        bar = tqdm(range(1, cfg.epochs + 1), desc="fine-tune", unit="epoch", disable=not progress, leave=False)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            net.train()
-            _set_batchnorm(net, cfg.batchnorm)
-            order = rng.permutation(len(train_samples))
-            losses = []
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                if len(idx) < 2 and len(order) > 1 and cfg.batchnorm == "train":
-                    continue  # BatchNorm cannot train on a single image
-                # C's task_batch: one crop box + flip per reference, so ranked pairs show the same patch
-                x, tgt = task_batch([train_samples[i] for i in idx], train_cache, crop_size=size, rng=rng, flip=cfg.flip)
-                if rank_all:
-                    tgt = tgt._replace(content=None)
-                loss = iqa_loss(net(x.to(device)), tgt, ranking_weight=cfg.ranking_weight, margin=cfg.ranking_margin)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
-                   **_val_metrics(predict(net, val_imgs, preprocess), y_val),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-            history["epochs"].append(row)
-            if criterion == "none" or score_of(row) > best + cfg.min_delta:
-                best, best_epoch, best_state, bad = score_of(row), epoch, copy.deepcopy(net.state_dict()), 0
-            else:
-                bad += 1
-            bar.set_postfix(loss=row["train_loss"], val=row.get(criterion), best=best_epoch)
-            if bad >= cfg.patience:
-                history["stopped_early"] = True
-                break
-        bar.close()
-    net.load_state_dict(best_state)
-    net.eval()
-    best_row = history["epochs"][best_epoch]
-    history.update(best_epoch=best_epoch, best=best_row, zero_shot=row0, crop_size=size)
-    log.info("fine-tune: best epoch %d of %d, %s %s (zero-shot %s)", best_epoch, len(history["epochs"]) - 1,
-             criterion, best_row.get(criterion), row0.get(criterion))
+    size = int(cfg.crop_size or preprocess.get("size", 224))
+    train_cache = _ResizedCache(cache, int(preprocess.get("size", size))) if preprocess.get("policy") == "resize" \
+        else cache
+    setup = _Setup(cfg, preprocess, size, cache, train_cache, rank_across_images(samples))
+    plan = plan_folds(samples, cfg.folds, cfg.seed)
+    setup.bar = tqdm(total=cfg.epochs * (len(plan.folds) + 1), desc="fine-tune", unit="epoch",
+                     disable=not progress, leave=False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            folds = _cross_validate(model, plan, setup) if plan.rule == "kfold" else []
+            curve = fold_curve([[r["val_srocc"] for r in f["epochs"]] for f in folds]) if folds else []
+            chosen = choose_epochs(curve)
+            rule, reason = plan.rule, plan.reason
+            if chosen is None:
+                chosen = cfg.epochs
+                if rule == "kfold":
+                    rule, reason = "fixed", f"{reason}; but no fold had a defined SROCC (constant labels or scores)"
+            net, final = fit(model, samples, setup, chosen, key=0)
+    finally:
+        setup.bar.close()
+    history = _history(rule, reason, folds, curve, chosen, final, setup)
+    log.info("fine-tune: %s (%s) -> %d epochs on all %d shots", rule, reason, chosen, len(samples))
     return net, history
+
+
+def _history(rule: str, reason: str, folds: list[dict[str, Any]], curve: list[dict[str, Any]], chosen: int,
+             final: list[dict[str, Any]], setup: _Setup) -> dict[str, Any]:
+    """What the sidecar records: the rule, why, the per-fold rows, the fold curve, the choice and the final fit."""
+    kfold = rule == "kfold"
+    return {
+        "rule": rule,
+        "rule_reason": reason,
+        "criterion": "mean held-out-fold SROCC" if kfold else "none (fixed budget)",
+        "folds": folds,
+        "curve": curve,
+        "chosen_epochs": chosen,
+        "cv_val_srocc": curve[chosen]["val_srocc_mean"] if kfold else None,  # optimistic: the selected maximum
+        "cv_zero_shot_srocc": curve[0]["val_srocc_mean"] if kfold else None,  # the prior, not fine-tuned
+        "final": final,
+        "ranking": "across images" if setup.across else "within content",
+        "crop_size": setup.size,
+    }
 
 
 # ---------------------------------------------------------------------------- checkpoint in, checkpoint out
 
 
 def _summary(samples: Sequence[Sample]) -> dict[str, Any]:
-    from metaiqa.data.tasks import content_key
-
     return {
         "n": len(samples),
         "contents": sorted({content_key(s) for s in samples}),
@@ -269,34 +347,26 @@ def fine_tune_checkpoint(
     data_spec: str | None = None,
     progress: bool = True,
 ) -> FineTuneResult:
-    """Load `prior`, split `samples` content-disjointly (few_shot_split: cfg.shots images as
-    train + val, the rest untouched as test), fine-tune, save to `out` with a sidecar holding
-    the resolved config, the data summary (shots, content ids, paths) and val metrics."""
+    """Load `prior`, draw cfg.shots labelled images content-disjointly from `samples` (few_shot_split;
+    the other contents stay untouched), fine-tune on them, save to `out` with a sidecar holding the
+    resolved config, the data summary (shots, content ids, paths), the selection rule and its fold curve."""
     from metaiqa.data.tasks import few_shot_split
     from metaiqa.evaluation.report import to_jsonable
     from metaiqa.models.checkpoint import load_checkpoint, save_checkpoint
 
     check_samples(samples, "fine-tune data")
     ckpt = load_checkpoint(prior)
-    train, val, test = few_shot_split(samples, cfg.shots, cfg.seed, cfg.val_fraction)
-    log.info("fine-tune: %d train + %d val images (%d left untouched)", len(train), len(val), len(test))
-    model, history = fine_tune(ckpt.model, train, val, cfg, preprocess=ckpt.preprocess, progress=progress)
-    best = history["best"]
-    result_metrics = {
-        "criterion": history["criterion"],
-        "best_epoch": history["best_epoch"],
-        "val_srocc": best.get("val_srocc"),
-        "val_plcc": best.get("val_plcc"),
-        "val_mse": best.get("val_mse"),
-        "zero_shot_val_srocc": history["zero_shot"].get("val_srocc"),
-    }
+    shots, _, untouched = few_shot_split(samples, cfg.shots, cfg.seed, val_fraction=0.0)
+    log.info("fine-tune: %d shots (%d images left untouched)", len(shots), len(untouched))
+    model, history = fine_tune(ckpt.model, shots, cfg, preprocess=ckpt.preprocess, progress=progress)
+    result_metrics = {k: history[k] for k in ("rule", "chosen_epochs", "cv_val_srocc", "cv_zero_shot_srocc")}
+    result_metrics["folds"] = len(history["folds"])
     data = {
         "spec": data_spec,
         "shots": cfg.shots,
-        "train": _summary(train),
-        "val": _summary(val),
-        "test_contents": len({s.content or str(s.path) for s in test}),
-        "test_images": len(test),
+        "train": _summary(shots),
+        "test_contents": len({s.content or str(s.path) for s in untouched}),
+        "test_images": len(untouched),
     }
     config = {"fine_tune": dump_config(cfg), "prior_config": ckpt.meta.get("config", {})}
     prior_info = {"path": str(ckpt.path), "sha256": ckpt.meta.get("sha256"), "model": ckpt.meta.get("model")}

@@ -5,6 +5,11 @@ Determinism: every task of iteration `it` (index `i` in the meta-batch) draws it
 seeded the same way, so a task computes the same thing whichever rank runs it and whether
 or not the run was resumed (resume is bit-for-bit; DDP equals one process up to float
 summation order). Per-task buffers (BatchNorm statistics) are averaged, an order-free rule.
+
+Validation (metaiqa.meta.validation) reports the zero-shot SROCC and the SROCC after a short
+adaptation on each validation type; `best` keeps the prior that adapts best
+(train.select_by=adapted, the default) or the best zero-shot one. The adaptation runs on a
+deep copy under a forked RNG, so it never changes the training trajectory.
 """
 
 import csv
@@ -13,7 +18,6 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,64 +30,30 @@ from metaiqa.data.samples import Sample
 from metaiqa.meta import bilevel
 from metaiqa.meta.batchnorm import calibrate_batchnorm, use_batch_renorm
 from metaiqa.meta.config import MetaTrainConfig
+from metaiqa.meta.datasplit import prepare_data
 from metaiqa.meta.dist import DistInfo, all_reduce_sum, barrier, broadcast_module, init_from_env
-from metaiqa.meta.images import ImageCache, eval_batch, task_batch
+from metaiqa.meta.images import ImageCache, task_batch
 from metaiqa.meta.losses import Target, make_loss
+from metaiqa.meta.optim import adam_param_groups
 from metaiqa.meta.state import ResumeError, load_state, save_state
+from metaiqa.meta.validation import (
+    AdaptSettings,
+    adaptation_tasks,
+    adapted_metrics,
+    score_samples,
+    zero_shot_metrics,
+)
 from metaiqa.models import create_model, save_checkpoint
 from metaiqa.models.checkpoint import atomic_write_bytes, load_tensors, read_sidecar
 
 log = logging.getLogger(__name__)
 
-LOG_FIELDS = ["iteration", "elapsed_s", "loss", "inner_loss", "val_srocc", "val_srocc_type_mean"]
+LOG_FIELDS = ["iteration", "elapsed_s", "loss", "inner_loss", "val_srocc", "val_srocc_type_mean",
+              "val_srocc_adapted", "val_srocc_query_zero_shot"]
 # Keys that may change between a run and its resumption without changing the trajectory.
 RESUMABLE_CHANGES = {"out_dir", "train.iterations", "train.max_minutes", "train.checkpoint_every",
-                     "train.val_every", "train.threads", "train.cache_gb"}
-
-
-@dataclass
-class DataSplit:
-    train: list[Sample]
-    val: list[Sample]
-    summary: dict[str, Any]
-
-
-def prepare_data(cfg: MetaTrainConfig) -> DataSplit:
-    """Load the data set, hold out types, split content-disjointly (train/val/test) by scene."""
-    from metaiqa.data.formats import parse_data_spec
-    from metaiqa.data.tasks import select_groups, split_references
-
-    if not cfg.data.spec:
-        raise ConfigError("data.spec is required (e.g. --set data.spec=/path/to/synth)")
-    samples = parse_data_spec(cfg.data.spec)
-    if cfg.data.include_types is not None:
-        samples = select_groups(samples, include=cfg.data.include_types)
-    holdout = list(cfg.data.holdout_types)
-    if holdout:
-        select_groups(samples, exclude=holdout)  # unknown names -> UnknownGroup naming them
-    v, t = cfg.data.val_fraction, cfg.data.test_fraction
-    split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    parts = split_references(samples, (1 - v - t, v, t), seed=split_seed)
-    train = [s for s in parts[0] if s.group not in holdout]
-    val = [s for s in parts[1] if s.group not in holdout]
-
-    def ids(part: list[Sample], attr: str) -> list[str]:
-        return sorted({str(getattr(s, attr)) for s in part if getattr(s, attr) is not None})
-
-    summary = {
-        "spec": cfg.data.spec,
-        "holdout_types": holdout,
-        "train_types": sorted({str(s.group) for s in train}),
-        "split_seed": split_seed,
-        "fractions": {"train": 1 - v - t, "val": v, "test": t},
-        "split_by": "content (Sample.source or ref_id)",
-        "splits": {
-            name: {"contents": ids(part, "content"), "ref_ids": ids(part, "ref_id")}
-            for name, part in zip(("train", "val", "test"), parts, strict=True)
-        },
-        "counts": {"train": len(train), "val": len(val), "test_all_types": len(parts[2])},
-    }
-    return DataSplit(train, val, summary)
+                     "train.val_every", "train.threads", "train.cache_gb", "train.val_adapt_steps",
+                     "train.val_adapt_lr", "train.val_adapt_support", "train.select_by"}
 
 
 def _seed_of(*keys: int) -> int:
@@ -139,6 +109,11 @@ class MetaTrainer:
         if tr.val_max_images is not None and len(val) > tr.val_max_images:
             val = [val[i] for i in np.sort(rng.choice(len(val), tr.val_max_images, replace=False))]
         self.val = val
+        self.adapt_tasks = adaptation_tasks(val, tr.val_adapt_support, cfg.seed)
+        self.select_key = "val_srocc_adapted" if tr.select_by == "adapted" and self.adapt_tasks else "val_srocc"
+        if tr.select_by == "adapted" and not self.adapt_tasks and len(val) >= 3:
+            log.warning("train.select_by=adapted, but no validation type has 2 contents with a 3-image query: "
+                        "'best' is selected on zero-shot val_srocc")
         self.cache = ImageCache(int(tr.cache_gb * 2**30))
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model.name, **cfg.model.kwargs).to(self.device).train()
@@ -151,13 +126,9 @@ class MetaTrainer:
             if not resume and tr.calibrate_images:
                 self._calibrate()
         broadcast_module(self.model, self.dist)
-        head = set(self.model.head_parameter_names()) if hasattr(self.model, "head_parameter_names") else set()
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in named if n not in head], "lr": cfg.outer.lr},
-            {"params": [p for n, p in named if n in head], "lr": cfg.outer.head_lr or cfg.outer.lr},
-        ]
-        self.optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=cfg.outer.weight_decay)
+        # backbone group first: the order the optimizer states of earlier runs were saved in
+        groups = adam_param_groups(self.model, cfg.outer.lr, cfg.outer.head_lr or cfg.outer.lr)[::-1]
+        self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.outer.weight_decay)
         self.loss_fn = make_loss(cfg.loss.ranking_weight, cfg.loss.margin, cfg.loss.min_diff)
         self.iteration = 0
         self.elapsed_before = 0.0
@@ -257,34 +228,25 @@ class MetaTrainer:
         return {"loss": loss / n_total, "inner_loss": inner / n_total}, stop > 0
 
     # ----------------------------------------------------------------- validation
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Zero-shot SROCC of the current prior on the validation references of the training types."""
-        from metaiqa.evaluation.metrics import srocc
-
+        """Zero-shot SROCC of the current prior on the validation references of the training types, and
+        the SROCC on held-out validation contents after a short adaptation per type (metaiqa.meta.validation)."""
         if len(self.val) < 3:
             return {}
-        pre = self.cfg.preprocess.model_dump()
-        bs = 1 if pre["policy"] == "native" else self.cfg.train.val_batch_size
-        self.model.eval()
-        preds: list[float] = []
-        try:
-            for start in range(0, len(self.val), bs):
-                x = eval_batch(self.val[start : start + bs], self.cache, pre).to(self.device)
-                if self.cfg.train.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext():
-                    preds += self.model(x).float().cpu().tolist()
-        finally:
-            self.model.train()
-        mos = [s.mos for s in self.val]
-        per_type = []
-        for g in sorted({str(s.group) for s in self.val}):
-            idx = [i for i, s in enumerate(self.val) if str(s.group) == g]
-            if len(idx) >= 3:
-                per_type.append(srocc([preds[i] for i in idx], [mos[i] for i in idx]))
-        finite = [v for v in per_type if np.isfinite(v)]
-        return {"val_srocc": srocc(preds, mos), "val_srocc_type_mean": float(np.mean(finite)) if finite else float("nan")}
+        cfg, tr = self.cfg, self.cfg.train
+        pre = cfg.preprocess.model_dump()
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else None
+        preds = score_samples(self.model, self.val, self.cache, pre, batch_size=tr.val_batch_size,
+                              device=self.device, channels_last=tr.channels_last, autocast=amp)
+        out = zero_shot_metrics(preds, self.val)
+        if self.adapt_tasks:
+            settings = AdaptSettings(
+                steps=tr.val_adapt_steps, lr=cfg.inner.lr if tr.val_adapt_lr is None else tr.val_adapt_lr,
+                optimizer=cfg.inner.optimizer, crop_size=tr.crop_size, flip=tr.flip, max_images=cfg.task.max_images,
+                seed=cfg.seed, batch_size=tr.val_batch_size, channels_last=tr.channels_last)
+            out.update(adapted_metrics(self.model, self.val, self.adapt_tasks, preds, self.cache, pre, settings,
+                                       self.loss_fn, self.device))
+        return out
 
     # ----------------------------------------------------------------- checkpoints
     def _save(self, name: str, metrics: dict[str, Any], elapsed: float) -> None:
@@ -299,7 +261,7 @@ class MetaTrainer:
         if name == "last":
             save_state(prefix, self.optimizer, read_sidecar(prefix)["sha256"], {
                 "iteration": self.iteration, "sampler": self.sampler.state_dict(), "best": self.best,
-                "elapsed_s": elapsed,
+                "best_by": self.select_key, "elapsed_s": elapsed,
             })
 
     def _resume(self) -> None:
@@ -322,6 +284,10 @@ class MetaTrainer:
             self.sampler.load_state_dict(info["sampler"])
             self.iteration = int(info["iteration"])
             self.best = info.get("best")
+            if info.get("best_by", "val_srocc") != self.select_key:  # another criterion: its best does not compare
+                log.warning("resume: 'best' was selected by %s, now by %s; the next validation sets it afresh",
+                            info.get("best_by", "val_srocc"), self.select_key)
+                self.best = None
             self.elapsed_before = float(info.get("elapsed_s", 0.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise ResumeError(f"cannot resume: malformed trainer state ({exc!r})") from exc
@@ -389,10 +355,11 @@ class MetaTrainer:
                 if main and (self.iteration % tr.val_every == 0 or ((last_it or reason == "time") and self.val)):
                     metrics = self.validate()
                     row.update(metrics)
-                    score = metrics.get("val_srocc")
+                    score = metrics.get(self.select_key)
                     if score is not None and np.isfinite(score) and (self.best is None or score > self.best):
                         self.best = float(score)
-                        self._save("best", {**metrics, **stats, "iteration": self.iteration}, elapsed)
+                        self._save("best", {**metrics, **stats, "iteration": self.iteration,
+                                            "selected_by": self.select_key}, elapsed)
                 if main and (self.iteration % tr.checkpoint_every == 0 or stop or last_it):
                     self._save("last", {**metrics, **stats, "iteration": self.iteration}, elapsed)
                 if main:
@@ -409,7 +376,7 @@ class MetaTrainer:
             for s, h in old.items():
                 signal.signal(s, h)
         barrier(self.dist)
-        summary = {"iterations": self.iteration, "stopped_by": reason, "best_val_srocc": self.best,
+        summary = {"iterations": self.iteration, "stopped_by": reason, "best": self.best, "best_by": self.select_key,
                    "elapsed_s": round(time.monotonic() - start, 1), "out_dir": str(self.out)}
         log.info("finished: %s", summary)
         return summary
