@@ -3,7 +3,10 @@
 All take two 1-D sequences (predictions, opinion scores) of equal length >= 3.
 """
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
@@ -53,28 +56,107 @@ def rmse(pred: ArrayLike, mos: ArrayLike) -> float:
 
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
-    """VQEG 4-parameter logistic: (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2."""
-    z = np.clip(-(x - b3) / (abs(b4) + 1e-12), -60, 60)
+    """VQEG 4-parameter logistic: (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2 (increasing iff b1 > b2)."""
+    z = np.clip(-(np.asarray(x, dtype=np.float64) - b3) / (abs(b4) + 1e-12), -60, 60)
     return (b1 - b2) / (1 + np.exp(z)) + b2
 
 
-def fit_logistic4(pred: ArrayLike, mos: ArrayLike) -> tuple[float, float, float, float]:
-    """Least-squares fit of `logistic4` mapping predictions onto the opinion scale."""
+class LogisticFitError(InvalidInput):
+    """No increasing logistic maps the predictions onto the opinion scores (see LogisticFit.reason)."""
+
+
+@dataclass(frozen=True)
+class LogisticFit:
+    """A fitted `logistic4`: `params` (b1, b2, b3, b4) with b1 >= b2, i.e. non-decreasing.
+
+    `ok` is False when the fit failed (no convergence, non-finite numbers) or came out flat
+    (no increasing map explains the scores, e.g. an anti-correlated predictor); then `params`
+    must not be used as a mapping and `reason` says why.
+    """
+
+    params: tuple[float, float, float, float] | None
+    ok: bool
+    reason: str | None = None
+
+
+def _increasing(x: np.ndarray, b2: float, d: float, b3: float, b4: float) -> np.ndarray:
+    return logistic4(x, b2 + d, b2, b3, b4)
+
+
+FLAT_FIT = 1e-6  # amplitude (in MOS standard deviations) below which a fitted logistic is flat
+
+
+def fit_logistic(pred: ArrayLike, mos: ArrayLike) -> LogisticFit:
+    """Least-squares fit of an increasing `logistic4` mapping predictions onto the opinion scale.
+
+    The amplitude b1 - b2 is constrained to be >= 0 (a quality metric must not be rewarded for
+    ranking backwards), and the fit runs on standardised data so the scale of either side
+    (0..1, 1..100, 1e9) does not matter. A failed or flat fit is returned with ok=False.
+    """
     p, m = _pair(pred, mos)
-    sign = 1.0 if np.corrcoef(p, m)[0, 1] >= 0 or _nan_if_constant(p, m) else -1.0
-    b1, b2 = (m.max(), m.min()) if sign > 0 else (m.min(), m.max())
-    x0 = [b1, b2, float(np.mean(p)), float(np.std(p) or 1.0) / 2]
+    if _nan_if_constant(p, m):
+        return LogisticFit(None, False, "predictions or scores are constant")
+    with np.errstate(all="ignore"):
+        mp, sp, mm, sm = float(p.mean()), float(p.std()), float(m.mean()), float(m.std())
+    if not all(math.isfinite(v) and v > 0 for v in (sp, sm)):
+        return LogisticFit(None, False, "predictions or scores span too wide a range to fit")
+    x, y = (p - mp) / sp, (m - mm) / sm
+    x0 = [float(y.min()), float(np.ptp(y)), 0.0, 0.5]
+    bounds = ([-np.inf, 0.0, -np.inf, 1e-6], [np.inf, np.inf, np.inf, np.inf])
     try:
-        params, _ = optimize.curve_fit(logistic4, p, m, p0=x0, maxfev=20000)
-    except (RuntimeError, optimize.OptimizeWarning):
-        params = np.asarray(x0)
-    return tuple(float(v) for v in params)  # type: ignore[return-value]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params, _ = optimize.curve_fit(_increasing, x, y, p0=x0, bounds=bounds, maxfev=20000)
+    except (RuntimeError, ValueError, FloatingPointError, optimize.OptimizeWarning) as exc:
+        return LogisticFit(None, False, f"the fit did not converge ({exc})")
+    b2, d, b3, b4 = (float(v) for v in params)
+    out = (mm + sm * (b2 + d), mm + sm * b2, mp + sp * b3, sp * b4)
+    if not all(math.isfinite(v) for v in out):
+        return LogisticFit(None, False, "the fit produced non-finite parameters")
+    if d < FLAT_FIT or np.ptp(_increasing(x, b2, d, b3, b4)) < FLAT_FIT:
+        return LogisticFit(out, False, "the best increasing logistic is flat: the predictions do not rise "
+                                       "with the scores (unrelated or anti-correlated)")
+    return LogisticFit(out, True)
+
+
+def fit_logistic4(pred: ArrayLike, mos: ArrayLike) -> tuple[float, float, float, float]:
+    """The parameters of `fit_logistic`; LogisticFitError (with the reason) when the fit failed."""
+    fit = fit_logistic(pred, mos)
+    if not fit.ok or fit.params is None:
+        raise LogisticFitError(f"no increasing logistic fit: {fit.reason}")
+    return fit.params
 
 
 def mapped(pred: ArrayLike, mos: ArrayLike) -> np.ndarray:
-    """Predictions after the fitted 4-parameter logistic (for PLCC/RMSE 'after fit')."""
+    """Predictions after the fitted increasing 4-parameter logistic (for PLCC/RMSE 'after fit')."""
     p, m = _pair(pred, mos)
     return logistic4(p, *fit_logistic4(p, m))
+
+
+class _Clusters:
+    """Pairs grouped by key (first-seen order), drawn whole: `draw` gives the pair indices of
+    len(groups) groups picked with replacement (vectorised: one allocation per draw)."""
+
+    def __init__(self, groups: ArrayLike, size: int):
+        keys = list(np.asarray(groups, dtype=object).ravel())
+        if len(keys) != size:
+            raise InvalidInput(f"groups has {len(keys)} entries for {size} pairs; give one group key per pair")
+        index: dict[object, list[int]] = {}
+        for i, k in enumerate(keys):
+            index.setdefault(k, []).append(i)
+        self.order = np.fromiter((i for v in index.values() for i in v), dtype=np.int64, count=size)
+        self.lengths = np.asarray([len(v) for v in index.values()], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+
+    def __len__(self) -> int:
+        return int(self.lengths.size)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        picked = rng.integers(0, len(self), len(self))
+        lens = self.lengths[picked]
+        ends = np.cumsum(lens)
+        offsets = np.repeat(self.starts[picked] - (ends - lens), lens) + np.arange(int(ends[-1]))
+        return self.order[offsets]
 
 
 def bootstrap_ci(
@@ -82,20 +164,31 @@ def bootstrap_ci(
     pred: ArrayLike,
     mos: ArrayLike,
     *,
+    groups: ArrayLike | None = None,
     n: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of `metric` over resampled pairs."""
+    """Percentile bootstrap interval of `metric`.
+
+    `groups` (one key per pair, e.g. the content an image shows): resample whole groups with
+    replacement, keeping each group's pairs together. Pairs of one content are not independent
+    (same scene, shared biases), so resampling single pairs understates the spread; with
+    groups the interval reflects how the metric varies from one set of contents to another.
+    Without `groups` every pair is its own group. Fewer than 2 groups give (NaN, NaN).
+    """
     p, m = _pair(pred, mos)
+    clusters = None if groups is None else _Clusters(groups, p.size)
+    if clusters is not None and len(clusters) < 2:
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = rng.integers(0, p.size, p.size)
-        v = metric(p[idx], m[idx]) if np.ptp(p[idx]) and np.ptp(m[idx]) else np.nan
-        values.append(v)
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
+    values = np.full(n, np.nan)
+    for b in range(n):
+        idx = rng.integers(0, p.size, p.size) if clusters is None else clusters.draw(rng)
+        ps, ms = p[idx], m[idx]
+        if ps.size >= 3 and np.ptp(ps) and np.ptp(ms):
+            values[b] = metric(ps, ms)
+    arr = values[np.isfinite(values)]
     if arr.size == 0:
         return float("nan"), float("nan")
     alpha = (1 - level) / 2

@@ -53,7 +53,8 @@ def scatter_png(
         xs = np.linspace(p.min(), p.max(), 200)
         ax.plot(xs, logistic4(xs, *params), color="black", lw=1.8, label="logistic fit")
     ov = report.get("overall") or {}
-    ax.set_title(f"n={p.size}   SROCC {_num(ov.get('srocc'))}   PLCC after fit {_num(ov.get('plcc_fitted'))}")
+    ax.set_title(f"n={p.size}   SROCC {_num(ov.get('srocc'))}   PLCC {_num(ov.get('plcc'))}   "
+                 f"after fit {_num(ov.get('plcc_fitted'))}")
     ax.set_xlabel("predicted quality")
     ax.set_ylabel("MOS (higher = better)")
     ax.grid(alpha=0.3)
@@ -120,16 +121,21 @@ def render_html(report: dict[str, Any], png: bytes | None) -> str:
 
     parts.append("<h2>Overall</h2>")
     rows = [
-        ("SROCC", ov.get("srocc"), _ci(ci.get("srocc")), ov.get("srocc_fitted")),
-        ("KRCC", ov.get("krcc"), _ci(ci.get("krcc")), ov.get("krcc_fitted")),
+        ("SROCC", ov.get("srocc"), _ci(ci.get("srocc")), "(rank: unchanged by the fit)"),
+        ("KRCC", ov.get("krcc"), _ci(ci.get("krcc")), "(rank: unchanged by the fit)"),
         ("PLCC", ov.get("plcc"), _ci(ci.get("plcc")), ov.get("plcc_fitted")),
         ("RMSE", ov.get("rmse"), "", ov.get("rmse_fitted")),
     ]
     parts.append(_table(["metric", "raw", "95% CI (raw)", "after logistic fit"], rows))
     parts.append(
         f"<p class='meta'>95% CI after fit: PLCC {esc(_ci(ci.get('plcc_fitted')))}, "
-        f"RMSE {esc(_ci(ci.get('rmse_fitted')))} (bootstrap, mapping fixed).</p>"
+        f"RMSE {esc(_ci(ci.get('rmse_fitted')))}. Intervals: bootstrap resampling whole contents "
+        "(all images of a scene together); after-fit ones keep the mapping fixed.</p>"
     )
+    lgst = report.get("logistic") or {}
+    if lgst.get("fit_ok") is False:
+        parts.append(f"<p class='meta'><strong>No logistic fit</strong> (after-fit values n/a): "
+                     f"{esc(str(lgst.get('reason') or 'the fit failed'))}.</p>")
 
     sp = report.get("splits")
     if sp:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from metaiqa.io import atomic_write_bytes, atomic_write_json
 SPLIT_FRACTION = 0.8  # share of contents drawn into each random split
 MIN_FIT = 5  # fewer pairs than this: no 4-parameter fit (it would interpolate, not fit)
 NO_GROUP = "(none)"
+MAX_ABS_VALUE = 1e12  # larger labels/predictions overflow squared errors and the fit; no scale needs them
 
 
 class ReportInputError(InvalidInput):
@@ -63,52 +63,53 @@ def _safe(fn, p: np.ndarray, m: np.ndarray) -> float:
     return float(fn(p, m))
 
 
-def _fit(p: np.ndarray, m: np.ndarray) -> tuple[float, float, float, float] | None:
-    if p.size < MIN_FIT or np.ptp(p) == 0 or np.ptp(m) == 0:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return metrics.fit_logistic4(p, m)
+def _fit(p: np.ndarray, m: np.ndarray) -> metrics.LogisticFit:
+    """The increasing VQEG logistic, or a not-ok fit saying why none was made or it failed."""
+    if p.size < MIN_FIT:
+        return metrics.LogisticFit(None, False, f"{p.size} pairs; at least {MIN_FIT} are needed for a 4-parameter fit")
+    return metrics.fit_logistic(p, m)
 
 
-def _block(p: np.ndarray, m: np.ndarray, params: tuple[float, ...] | None) -> dict[str, float]:
-    """Raw and after-fit metrics of one set of pairs; `params` maps predictions to MOS."""
+def _block(p: np.ndarray, m: np.ndarray, fit: metrics.LogisticFit) -> dict[str, float]:
+    """Raw and after-fit metrics of one set of pairs; `fit` maps predictions to MOS.
+
+    After the fit only PLCC and RMSE are reported: SROCC/KRCC cannot change under an
+    increasing map, and a failed/flat fit gives NaN rather than numbers from a guessed curve.
+    """
     out = {
         "n": int(p.size),
         "srocc": _safe(metrics.srocc, p, m),
         "krcc": _safe(metrics.krcc, p, m),
         "plcc": _safe(metrics.plcc, p, m),
         "rmse": float(np.sqrt(np.mean((p - m) ** 2))) if p.size else float("nan"),
+        "plcc_fitted": float("nan"),
+        "rmse_fitted": float("nan"),
     }
-    if params is None:
-        out.update(srocc_fitted=float("nan"), krcc_fitted=float("nan"))
-        out.update(plcc_fitted=float("nan"), rmse_fitted=float("nan"))
-        return out
-    q = metrics.logistic4(p, *params)
-    out["srocc_fitted"] = _safe(metrics.srocc, q, m)
-    out["krcc_fitted"] = _safe(metrics.krcc, q, m)
-    out["plcc_fitted"] = _safe(metrics.plcc, q, m)
-    out["rmse_fitted"] = float(np.sqrt(np.mean((q - m) ** 2))) if p.size else float("nan")
+    if fit.ok and fit.params is not None and p.size:
+        q = metrics.logistic4(p, *fit.params)
+        out["plcc_fitted"] = _safe(metrics.plcc, q, m)
+        out["rmse_fitted"] = float(np.sqrt(np.mean((q - m) ** 2)))
     return out
 
 
-def _intervals(p: np.ndarray, m: np.ndarray, params, n: int, seed: int) -> dict[str, list[float]]:
-    """Percentile bootstrap 95% intervals. After-fit ones keep the full-set mapping fixed
-    (refitting 1000 times costs seconds and moves the interval by far less than its width)."""
+def _intervals(p: np.ndarray, m: np.ndarray, fit: metrics.LogisticFit, n: int, seed: int,
+               contents: Sequence[str]) -> dict[str, list[float]]:
+    """Percentile bootstrap 95% intervals, resampling whole contents (all images of a scene stay
+    together; images of one content are not independent). After-fit ones keep the full-set
+    mapping fixed (refitting 1000 times costs seconds and moves the interval by far less than
+    its width)."""
     nan2 = [float("nan"), float("nan")]
+    keys = ("srocc", "krcc", "plcc", "plcc_fitted", "rmse_fitted")
     if n <= 0 or p.size < 3 or np.ptp(p) == 0 or np.ptp(m) == 0:
-        return {k: nan2 for k in ("srocc", "krcc", "plcc", "plcc_fitted", "rmse_fitted")}
-    ci = {
-        "srocc": list(metrics.bootstrap_ci(metrics.srocc, p, m, n=n, seed=seed)),
-        "krcc": list(metrics.bootstrap_ci(metrics.krcc, p, m, n=n, seed=seed)),
-        "plcc": list(metrics.bootstrap_ci(metrics.plcc, p, m, n=n, seed=seed)),
-    }
-    if params is None:
-        ci["plcc_fitted"] = ci["rmse_fitted"] = nan2
+        return {k: nan2 for k in keys}
+    kw = {"groups": list(contents), "n": n, "seed": seed}
+    ci = {k: list(metrics.bootstrap_ci(getattr(metrics, k), p, m, **kw)) for k in ("srocc", "krcc", "plcc")}
+    if fit.ok and fit.params is not None:
+        q = metrics.logistic4(p, *fit.params)
+        ci["plcc_fitted"] = list(metrics.bootstrap_ci(metrics.plcc, q, m, **kw))
+        ci["rmse_fitted"] = list(metrics.bootstrap_ci(metrics.rmse, q, m, **kw))
     else:
-        q = metrics.logistic4(p, *params)
-        ci["plcc_fitted"] = list(metrics.bootstrap_ci(metrics.plcc, q, m, n=n, seed=seed))
-        ci["rmse_fitted"] = list(metrics.bootstrap_ci(metrics.rmse, q, m, n=n, seed=seed))
+        ci["plcc_fitted"] = ci["rmse_fitted"] = nan2
     return ci
 
 
@@ -125,6 +126,12 @@ def _check(preds: Sequence[float] | np.ndarray, samples: Sequence[Sample]) -> tu
     bad = [str(samples[i].path) for i in np.flatnonzero(~np.isfinite(p))]
     if bad:
         raise ReportInputError(f"{len(bad)} prediction(s) are NaN/inf, e.g. for {bad[0]}")
+    for what, values in (("MOS label", m), ("prediction", p)):
+        big = np.flatnonzero(np.abs(values) > MAX_ABS_VALUE)
+        if big.size:
+            i = int(big[0])
+            raise ReportInputError(f"{big.size} {what}(s) beyond +-{MAX_ABS_VALUE:g}, e.g. {values[i]:g} for "
+                                   f"{samples[i].path}; rescale the scores")
     return p, m
 
 
@@ -148,6 +155,38 @@ def draw_splits(samples: Sequence[Sample], splits: int, seed: int, fraction: flo
 SPLIT_METRICS = ("srocc", "krcc", "plcc", "plcc_fitted", "rmse_fitted")
 
 
+def _per_group(samples: Sequence[Sample], p: np.ndarray, m: np.ndarray, fit) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.group if s.group is not None else NO_GROUP, []).append(i)
+    if set(groups) == {NO_GROUP}:
+        return {}
+    out = {}
+    for g in sorted(groups):
+        idx = np.asarray(groups[g])
+        row = _block(p[idx], m[idx], fit)
+        row["mos_mean"] = float(m[idx].mean())
+        row["pred_mean"] = float(p[idx].mean())
+        out[g] = row
+    return out
+
+
+def _splits(samples: Sequence[Sample], p: np.ndarray, m: np.ndarray, splits: int, seed: int) -> dict[str, Any]:
+    values = []
+    for idx in draw_splits(samples, splits, seed):
+        ps, ms = p[idx], m[idx]
+        fit = _fit(ps, ms)
+        row = {k: v for k, v in _block(ps, ms, fit).items() if k in SPLIT_METRICS + ("n",)}
+        values.append({**row, "fit_ok": fit.ok})
+    median = {}
+    for k in SPLIT_METRICS:
+        arr = np.asarray([v[k] for v in values], dtype=np.float64)
+        arr = arr[np.isfinite(arr)]
+        median[k] = float(np.median(arr)) if arr.size else float("nan")
+    return {"count": splits, "fraction": SPLIT_FRACTION, "median": median,
+            "fit_failures": sum(not v["fit_ok"] for v in values), "values": values}
+
+
 def evaluate(
     preds: Sequence[float] | np.ndarray,
     samples: Sequence[Sample],
@@ -158,54 +197,32 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score agreement of `preds` with the samples' MOS; a JSON-able report dict.
 
-    Keys: n, n_contents, settings, logistic (fitted parameters, full set), overall (raw and
-    after-fit metrics), ci (bootstrap 95% intervals), per_group (one row per Sample.group,
-    using the full-set mapping so rows are comparable) and splits (median over `splits`
-    random content-disjoint subsets of 80% of the contents, plus per-split values; None
-    when splits <= 1).
+    Keys: n, n_contents, settings, logistic (the increasing VQEG fit on the full set: params,
+    fit_ok, reason), overall (raw SROCC/KRCC/PLCC/RMSE and, when the fit is ok, PLCC/RMSE
+    after it), ci (bootstrap 95% intervals resampling whole contents, `_content_key`),
+    per_group (one row per Sample.group, using the full-set mapping so rows are comparable)
+    and splits (median over `splits` random content-disjoint subsets of 80% of the contents,
+    plus per-split values and fit failures; None when splits <= 1).
     """
     if splits < 1:
         raise ReportInputError(f"splits must be >= 1, got {splits}")
     if bootstrap < 0:
         raise ReportInputError(f"bootstrap must be >= 0, got {bootstrap}")
     p, m = _check(preds, samples)
-    params = _fit(p, m)
-
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(s.group if s.group is not None else NO_GROUP, []).append(i)
-    per_group = {}
-    for g in sorted(groups):
-        idx = np.asarray(groups[g])
-        row = _block(p[idx], m[idx], params)
-        row["mos_mean"] = float(m[idx].mean())
-        row["pred_mean"] = float(p[idx].mean())
-        per_group[g] = row
-    if set(groups) == {NO_GROUP}:
-        per_group = {}
-
-    split_part = None
-    if splits > 1:
-        values = []
-        for idx in draw_splits(samples, splits, seed):
-            ps, ms = p[idx], m[idx]
-            values.append({k: v for k, v in _block(ps, ms, _fit(ps, ms)).items() if k in SPLIT_METRICS + ("n",)})
-        median = {}
-        for k in SPLIT_METRICS:
-            arr = np.asarray([v[k] for v in values], dtype=np.float64)
-            arr = arr[np.isfinite(arr)]
-            median[k] = float(np.median(arr)) if arr.size else float("nan")
-        split_part = {"count": splits, "fraction": SPLIT_FRACTION, "median": median, "values": values}
-
+    fit = _fit(p, m)
+    contents = [_content_key(s) for s in samples]
     report = {
         "n": int(p.size),
-        "n_contents": len({_content_key(s) for s in samples}),
-        "settings": {"splits": splits, "seed": seed, "bootstrap": bootstrap, "level": 0.95},
-        "logistic": {"params": list(params) if params else None, "formula": "(b1-b2)/(1+exp(-(x-b3)/|b4|))+b2"},
-        "overall": _block(p, m, params),
-        "ci": _intervals(p, m, params, bootstrap, seed),
-        "per_group": per_group,
-        "splits": split_part,
+        "n_contents": len(set(contents)),
+        "settings": {"splits": splits, "seed": seed, "bootstrap": bootstrap, "level": 0.95,
+                     "bootstrap_unit": "content"},
+        "logistic": {"params": list(fit.params) if fit.ok and fit.params else None, "fit_ok": fit.ok,
+                     "reason": fit.reason, "increasing": True,
+                     "formula": "(b1-b2)/(1+exp(-(x-b3)/|b4|))+b2, b1 >= b2"},
+        "overall": _block(p, m, fit),
+        "ci": _intervals(p, m, fit, bootstrap, seed, contents),
+        "per_group": _per_group(samples, p, m, fit),
+        "splits": _splits(samples, p, m, splits, seed) if splits > 1 else None,
     }
     return to_jsonable(report)
 
