@@ -194,29 +194,42 @@ Uploads = Annotated[list[Upload], Depends(read_uploads)]
 
 @dataclass
 class Decoded:
+    """One decoded upload: pixels (maybe at reduced scale, see Scorer.decode) and its full size."""
+
     filename: str
     image: np.ndarray
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
+    width: int
+    height: int
 
 
-async def decode_uploads(uploads: list[Upload], served: ServedModel, state: ServiceState) -> list[Decoded]:
-    """Decode off the event loop (at most `max_concurrent_decodes` at once); first bad file -> its 4xx."""
-    from metaiqa.inference import decode_image
+def _decode_for(scorer, data: bytes, full_resolution: bool):
+    from metaiqa.inference.decode import decode
 
-    limits = served.scorer.limits
+    if full_resolution:  # heatmaps draw on the image as uploaded
+        out = decode(data, scorer.limits)
+        scorer.check(out.pixels)
+        return out
+    return scorer.decode(data)
+
+
+async def decode_uploads(
+    uploads: list[Upload], served: ServedModel, state: ServiceState, *, full_resolution: bool = False
+) -> list[Decoded]:
+    """Decode off the event loop (at most `max_concurrent_decodes` at once); first bad file -> its 4xx.
+
+    Decoding goes through the model's scorer: its limits, its policy's decode scale (a large JPEG
+    may be decoded at reduced scale for the "views" policy unless `full_resolution`), and its
+    refusal of images it cannot score (ExtremeAspectRatio -> 422 naming the limit), all before
+    the image reaches the inference queue.
+    """
     out = []
     for up in uploads:
         try:
-            img = await anyio.to_thread.run_sync(decode_image, up.data, limits, limiter=state.decode_limiter)
+            img = await anyio.to_thread.run_sync(
+                _decode_for, served.scorer, up.data, full_resolution, limiter=state.decode_limiter
+            )
         except MetaIQAError as exc:
             exc.args = (f"{up.filename}: {exc}",)
             raise
-        out.append(Decoded(up.filename, img))
+        out.append(Decoded(up.filename, img.pixels, img.width, img.height))
     return out

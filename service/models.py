@@ -1,7 +1,10 @@
 """The models a service instance serves: loaded once at start-up, chosen per request by name.
 
-Request names are only ever looked up in this table (never joined to a path), so no name can
-reach a file outside the models directory. A model that fails to load is reported by
+Served: the two bundled models (metaiqa-default, metaiqa-prior; unless `bundled_models` is off),
+the `model` setting (default: metaiqa-default) and every checkpoint in `models_dir`. Request names
+are only ever looked up in this table (never joined to a path), so no name can reach a file
+outside the models directory. A model that fails to load (a bundled file missing from this
+build, a bad hash, a malformed sidecar) is skipped with a logged reason and reported by
 `/readyz` and `/v1/models` instead of stopping the service.
 """
 
@@ -27,14 +30,18 @@ class ServedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def describe(self, default: bool) -> dict[str, Any]:
+        from metaiqa.models.pretrained import BUNDLED_MODELS, describe_model
+
         m = self.meta
-        config = m.get("config") or {}
+        config = m.get("config") if isinstance(m.get("config"), dict) else {}
         training = {k: config[k] for k in _TRAINING_KEYS if k in config}
         if isinstance(m.get("training"), dict):
             training.update(m["training"])
         return {
             "name": self.name,
             "default": default,
+            "bundled": self.name in BUNDLED_MODELS and self.path.parent.resolve() == _weights_dir(),
+            "description": describe_model(self.name, m),
             "architecture": m.get("model"),
             "version": m.get("version") or m.get("metaiqa_version"),
             "created": m.get("created"),
@@ -68,6 +75,12 @@ class ModelSet:
         return [m.describe(name == self.default) for name, m in sorted(self.models.items())]
 
 
+def _weights_dir() -> Path:
+    from metaiqa.models.pretrained import WEIGHTS_DIR
+
+    return WEIGHTS_DIR.resolve()
+
+
 def _limits(settings: Settings):
     from metaiqa.inference import DecodeLimits
 
@@ -81,44 +94,74 @@ def _load_one(path: Path, settings: Settings) -> ServedModel:
     return ServedModel(scorer.name, scorer, Path(path), dict(scorer.meta))
 
 
-def load_models(settings: Settings) -> ModelSet:
-    """The default model (settings.model, else the shipped prior) plus every checkpoint in models_dir."""
-    from metaiqa.models.pretrained import DEFAULT_MODEL, list_checkpoints, resolve_checkpoint
+def _add(out: ModelSet, path: Path, settings: Settings, what: str) -> ServedModel | None:
+    """Load one checkpoint into `out`; a failure or a taken name is logged and recorded, not raised."""
+    if any(m.path.resolve() == Path(path).resolve() for m in out.models.values()):
+        return next(m for m in out.models.values() if m.path.resolve() == Path(path).resolve())
+    try:
+        served = _load_one(path, settings)
+    except (MetaIQAError, OSError) as exc:
+        out.errors.append(f"{what} {Path(path).name}: {exc}")
+        log.error("cannot load %s %s: %s", what, path, exc)
+        return None
+    if served.name in out.models:
+        out.errors.append(f"{path}: name {served.name!r} already taken; skipped")
+        log.error("skipping %s: name %r already taken", path, served.name)
+        return None
+    out.models[served.name] = served
+    log.info("%s %s loaded from %s", what, served.name, path)
+    return served
 
-    out = ModelSet()
+
+def _load_bundled(out: ModelSet, settings: Settings) -> None:
+    """Both bundled models (a models-dir file of the same name wins); a missing file is skipped."""
+    from metaiqa.models.pretrained import BUNDLED_MODELS, ModelNotFound, resolve_checkpoint
+
+    for name in BUNDLED_MODELS:
+        try:
+            path = resolve_checkpoint(name, settings.models_dir)
+        except ModelNotFound as exc:
+            out.errors.append(f"bundled model {name!r} skipped: {exc}")
+            log.warning("bundled model %s skipped: %s", name, exc)
+            continue
+        _add(out, path, settings, "bundled model")
+
+
+def _load_default(out: ModelSet, settings: Settings) -> None:
+    """The `model` setting (None: metaiqa-default); if it is unavailable, fall back and say so."""
+    from metaiqa.models.pretrained import DEFAULT_MODEL, PRIOR_MODEL, resolve_checkpoint
+
     spec = settings.model or DEFAULT_MODEL
     try:
-        path = resolve_checkpoint(spec, settings.models_dir)
-        served = _load_one(path, settings)
-        out.models[served.name] = served
-        out.default = served.name
-        log.info("default model %s loaded from %s", served.name, path)
+        served = _add(out, resolve_checkpoint(spec, settings.models_dir), settings, "default model")
     except (MetaIQAError, OSError) as exc:
-        out.errors.append(f"default model {spec!r}: {exc}")
+        served = None
+        if settings.model or not settings.bundled_models:  # else already reported by _load_bundled
+            out.errors.append(f"default model {spec!r}: {exc}")
         log.error("cannot load default model %r: %s", spec, exc)
+    if served is not None:
+        out.default = served.name
+    elif out.models:
+        out.default = PRIOR_MODEL if PRIOR_MODEL in out.models else sorted(out.models)[0]
+        log.warning("default model %r unavailable; requests without ?model= use %s", spec, out.default)
 
+
+def load_models(settings: Settings) -> ModelSet:
+    """The bundled models, the default (settings.model, else metaiqa-default) and every models_dir checkpoint."""
+    from metaiqa.models.pretrained import list_checkpoints
+
+    out = ModelSet()
+    if settings.bundled_models:
+        _load_bundled(out, settings)
+    found: list[Path] = []
     if settings.models_dir is not None:
         try:
-            found = list(list_checkpoints(settings.models_dir).values())
+            found = [Path(p) for p in list_checkpoints(settings.models_dir).values()]
         except (MetaIQAError, OSError) as exc:
             out.errors.append(f"models dir {settings.models_dir}: {exc}")
-            found = []
-        loaded_paths = {m.path.resolve() for m in out.models.values()}
-        for path in found:
-            path = Path(path)
-            if path.resolve() in loaded_paths:
-                continue
-            try:
-                served = _load_one(path, settings)
-            except (MetaIQAError, OSError) as exc:
-                out.errors.append(f"{path.name}: {exc}")
-                log.error("cannot load %s: %s", path, exc)
-                continue
-            if served.name in out.models:
-                out.errors.append(f"{path}: name {served.name!r} already taken; skipped")
-                continue
-            out.models[served.name] = served
-            log.info("model %s loaded from %s", served.name, path)
+    _load_default(out, settings)
+    for path in found:
+        _add(out, path, settings, "model")
     if out.default is None and out.models:
         out.default = sorted(out.models)[0]
     return out

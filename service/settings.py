@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METAIQA_", extra="forbid", validate_default=True)
 
     # models
-    model: str | None = Field(None, description="default model: name or checkpoint path (None: shipped prior)")
+    model: str | None = Field(None, description="default model: name or checkpoint path (None: metaiqa-default)")
+    bundled_models: bool = Field(True, description="also serve the bundled metaiqa-default and metaiqa-prior")
     models_dir: Path | None = Field(None, description="every checkpoint in this folder is served too")
     crops: int = Field(1, ge=1, le=16, description="crops averaged per image")
     device: str = "cpu"

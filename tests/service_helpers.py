@@ -26,7 +26,10 @@ def png_bytes(size: int = 96, seed: int = 1, image: np.ndarray | None = None, fm
     return buf.getvalue()
 
 
-def settings_for(ckpt: Path, **kw) -> Settings:
+def settings_for(ckpt: Path | None, **kw) -> Settings:
+    """Settings serving `ckpt` as the default (None: metaiqa-default); the bundled models stay out
+    unless asked for (speed)."""
     kw.setdefault("torch_threads", 1)
+    kw.setdefault("bundled_models", False)
     kw.setdefault("max_wait_ms", 1.0)
-    return Settings(model=str(ckpt), **kw)
+    return Settings(model=None if ckpt is None else str(ckpt), **kw)

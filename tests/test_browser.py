@@ -39,12 +39,17 @@ pytestmark = [
 def server(tmp_path_factory):
     import uvicorn
 
+    from metaiqa.models import pretrained
     from service.app import create_app
 
     d = tmp_path_factory.mktemp("browser")
+    for seed, name in enumerate(pretrained.BUNDLED_MODELS):  # tiny stand-ins for the two bundled models
+        make_checkpoint(d / "weights" / f"{name}.safetensors", seed=seed + 10)
     make_checkpoint(d / "models" / "tiny.safetensors")
     make_checkpoint(d / "models" / "second.safetensors", seed=5)
-    app = create_app(settings_for(d / "models" / "tiny.safetensors", models_dir=d / "models"))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(pretrained, "WEIGHTS_DIR", d / "weights")
+    app = create_app(settings_for(None, models_dir=d / "models", bundled_models=True))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -58,6 +63,7 @@ def server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}", d
     srv.should_exit = True
     thread.join(10)
+    patch.undo()
 
 
 def test_page_scores_an_uploaded_image(server, tmp_path):
@@ -74,9 +80,14 @@ def test_page_scores_an_uploaded_image(server, tmp_path):
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(base + "/")
-            # models come from /v1/models, default first selected
-            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
-            assert page.eval_on_selector("#model", "s => s.value") == "tiny"
+            # models come from /v1/models: the default first and selected, then the other bundled one
+            page.wait_for_function("document.querySelectorAll('#model option').length === 4")
+            names = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+            assert names == ["metaiqa-default", "metaiqa-prior", "second", "tiny"]
+            assert page.eval_on_selector("#model", "s => s.value") == "metaiqa-default"
+            assert "human opinion scores" in page.inner_text("#model-description")
+            page.select_option("#model", "metaiqa-prior")
+            assert "meta-learned prior" in page.inner_text("#model-description")
             page.select_option("#model", "second")
 
             page.set_input_files("#file", str(photo))

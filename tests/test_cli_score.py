@@ -207,3 +207,81 @@ def test_installed_script_json_on_stdout_only(ckpt, images):
     rows = json.loads(proc.stdout)
     assert len(rows) == 4 and all(0 <= r["score"] <= 1 for r in rows)
     assert "INFO" in proc.stderr  # logs went to stderr, not into the JSON
+
+
+# --- the two bundled models, and images a whole-image model refuses ---------------------------
+
+
+@pytest.fixture
+def bundled(tmp_path, monkeypatch):
+    """A weights folder holding tiny stand-ins for both bundled models (the real files are big)."""
+    from metaiqa.models import pretrained
+
+    weights = tmp_path / "weights"
+    for seed, name in enumerate(pretrained.BUNDLED_MODELS):
+        torch.manual_seed(seed)
+        save_checkpoint(weights / f"{name}.safetensors", create_model("metaiqa_tiny"), model_name="metaiqa_tiny",
+                        preprocess={"policy": "center_crop", "size": 64})  # fmt: skip
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    return weights
+
+
+def test_no_model_means_metaiqa_default_and_the_prior_by_name(capsys, bundled, images, tmp_path):
+    code, out, _ = run(capsys, "score", images / "a.png", "--format", "json")
+    assert code == 0 and json.loads(out)[0]["model"] == "metaiqa-default"
+    code, out, _ = run(capsys, "score", images / "a.png", "--model", "metaiqa-prior", "--format", "json")
+    assert code == 0 and json.loads(out)[0]["model"] == "metaiqa-prior"
+    code, out, _ = run(capsys, "gate", images / "a.png", "--min-score", 0, "--format", "json")
+    assert code == 0 and json.loads(out)["model"] == "metaiqa-default"
+    labels = tmp_path / "labels.csv"
+    paths = sorted(images.rglob("*.png")) + sorted(images.rglob("*.jpg"))
+    labels.write_text("path,mos\n" + "".join(f"{p},{i / 4:.2f}\n" for i, p in enumerate(paths)))
+    for extra, name in (([], "metaiqa-default"), (["--model", "metaiqa-prior"], "metaiqa-prior")):
+        code, out, _ = run(capsys, "validate", "--data", labels, "--no-report", "--bootstrap", 0, "--format", "json",
+                           "--no-progress", *extra)  # fmt: skip
+        assert code == 0 and json.loads(out)["model"]["name"] == name
+
+
+def test_real_bundled_prior_scores_by_name(capsys, images):
+    code, out, _ = run(capsys, "score", images / "a.png", "--model", "metaiqa-prior", "--format", "json")
+    (row,) = json.loads(out)
+    assert code == 0 and row["model"] == "metaiqa-prior" and 0 <= row["score"] <= 1
+
+
+def test_help_says_what_each_bundled_model_is(capsys):
+    for cmd in ("score", "gate", "validate"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        out = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+        assert "metaiqa-default(bundled,usedwhen" in out and "realphotos" in out, cmd
+        assert "metaiqa-prior(bundled" in out and "synthetic-only" in out, cmd
+
+
+@pytest.fixture
+def views_ckpt(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "views.safetensors", create_model("metaiqa_tiny"), model_name="metaiqa_tiny",
+                           preprocess={"policy": "views", "scale": 96, "size": 64})  # fmt: skip
+
+
+@pytest.fixture
+def thin_png(tmp_path):
+    """32 x 2000 pixels: readable, but 62.5:1 is beyond the whole-image policy's 12:1."""
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.tile(natural_image(64, 5)[:32], (1, 32, 1))[:, :2000]).save(path)
+    return path
+
+
+def test_extreme_aspect_ratio_is_reported_per_file_and_the_batch_continues(capsys, views_ckpt, images, thin_png):
+    code, out, err = run(capsys, "score", thin_png, images / "a.png", "--model", views_ckpt, "--format", "json")
+    rows = {r["path"]: r for r in json.loads(out)}
+    assert code == 0 and "Traceback" not in err
+    bad = rows[str(thin_png)]
+    assert bad["score"] is None and bad["error_type"] == "ExtremeAspectRatio"
+    assert "62.5:1" in bad["error"] and "limit 12:1" in bad["error"]
+    assert 0 <= rows[str(images / "a.png")]["score"] <= 1
+    code, out, err = run(capsys, "score", thin_png, "--model", views_ckpt)
+    assert code == 2 and "limit 12:1" in out and "Traceback" not in err
+    code, out, _ = run(capsys, "gate", thin_png, images / "a.png", "--model", views_ckpt, "--min-score", 0, "--format", "json")
+    report = json.loads(out)
+    assert code == 2 and report["unreadable"] == 1 and report["passed"] == 1

@@ -1,5 +1,9 @@
-"""The bundled default model: loads offline with its hash verified, and ranks a real photo
-above strongly damaged versions of it (damage made with Pillow/numpy, not our engine)."""
+"""The bundled models (metaiqa-default and metaiqa-prior): both load offline with their hash
+verified; the synthetic-only prior ranks a real photo above strongly damaged versions of it
+(damage made with Pillow/numpy, not our engine).
+
+The metaiqa-default cases fail until its weights are placed in metaiqa/models/weights/: a
+build without them is not a release."""
 
 import io
 from pathlib import Path
@@ -11,14 +15,20 @@ from PIL import Image, ImageFilter
 from metaiqa.inference.scorer import Scorer
 from metaiqa.models import ChecksumMismatch, load_checkpoint
 from metaiqa.models.checkpoint import read_sidecar
-from metaiqa.models.pretrained import DEFAULT_MODEL, default_checkpoint_path, resolve_checkpoint
+from metaiqa.models.pretrained import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    PRIOR_MODEL,
+    default_checkpoint_path,
+    resolve_checkpoint,
+)
 
 PHOTO = Path(__file__).parent / "data" / "dandelion_cc0.png"
 
 
 @pytest.fixture(scope="module")
-def scorer() -> Scorer:
-    return Scorer.from_checkpoint(resolve_checkpoint(None))
+def prior() -> Scorer:
+    return Scorer.from_checkpoint(resolve_checkpoint(PRIOR_MODEL))
 
 
 def _blur(img: Image.Image) -> Image.Image:
@@ -37,17 +47,25 @@ def _jpeg(img: Image.Image) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def test_default_model_is_bundled_and_verified():
-    path = resolve_checkpoint(DEFAULT_MODEL)
-    assert path == default_checkpoint_path().resolve()
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_bundled_model_is_present_and_verified(name):
+    path = resolve_checkpoint(name)
+    assert path == default_checkpoint_path(name).resolve()
     meta = read_sidecar(path)
     assert meta["dtype"] == "float16"
+    assert isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
     loaded = load_checkpoint(path)  # verifies sha256
     assert loaded.meta["model"] == "metaiqa_resnet18"
+    assert loaded.name == name
 
 
-def test_tampered_copy_of_default_is_refused(tmp_path):
-    src = default_checkpoint_path()
+def test_no_model_named_means_the_default():
+    assert resolve_checkpoint(None) == resolve_checkpoint(DEFAULT_MODEL) == default_checkpoint_path().resolve()
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_tampered_copy_of_bundled_model_is_refused(tmp_path, name):
+    src = default_checkpoint_path(name)
     dst = tmp_path / "copy.safetensors"
     blob = bytearray(src.read_bytes())
     blob[len(blob) // 2] ^= 0x01
@@ -58,8 +76,8 @@ def test_tampered_copy_of_default_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("damage", [_blur, _noise, _jpeg], ids=["blur", "noise", "jpeg"])
-def test_pristine_photo_scores_above_damaged_versions(scorer, damage):
+def test_prior_scores_pristine_photo_above_damaged_versions(prior, damage):
     pristine = Image.open(PHOTO).convert("RGB")
     damaged = damage(pristine)
-    p, d = scorer.score_arrays([np.asarray(pristine), np.asarray(damaged)])
+    p, d = prior.score_arrays([np.asarray(pristine), np.asarray(damaged)])
     assert p > d, f"pristine {p:.3f} should beat {damage.__name__[1:]} {d:.3f}"

@@ -185,26 +185,42 @@ def _ckpt(tmp_path, name):
     return save_checkpoint(tmp_path / f"{name}.safetensors", create_model("metaiqa_tiny"), model_name="metaiqa_tiny")
 
 
-def test_default_model_not_bundled_gives_clear_error():
+def test_bundled_names_and_clear_error_when_one_is_missing(tmp_path, monkeypatch):
+    from metaiqa.models import pretrained
     from metaiqa.models.pretrained import (
+        BUNDLED_MODELS,
         DEFAULT_MODEL,
+        PRIOR_MODEL,
         ModelNotFound,
         default_checkpoint_path,
         resolve_checkpoint,
     )
 
-    assert DEFAULT_MODEL == "metaiqa-default"
+    assert BUNDLED_MODELS == (DEFAULT_MODEL, PRIOR_MODEL) == ("metaiqa-default", "metaiqa-prior")
     assert default_checkpoint_path().name == "metaiqa-default.safetensors"
-    if default_checkpoint_path().is_file():  # once the prior ships, both specs resolve to it
-        assert resolve_checkpoint(None) == resolve_checkpoint(DEFAULT_MODEL) == default_checkpoint_path()
-        return
+    assert default_checkpoint_path(PRIOR_MODEL).name == "metaiqa-prior.safetensors"
+    # a build without the default file: both specs of the default fail, naming what exists instead
+    weights = tmp_path / "weights"
+    _ckpt(weights, PRIOR_MODEL)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    assert resolve_checkpoint(PRIOR_MODEL) == weights / "metaiqa-prior.safetensors"
     for spec in (None, DEFAULT_MODEL):
-        with pytest.raises(ModelNotFound, match="no default model.*bundled.*--model"):
+        with pytest.raises(ModelNotFound, match="no default model.*not bundled.*--model metaiqa-prior") as err:
             resolve_checkpoint(spec)
+        assert err.value.available == [PRIOR_MODEL]
+
+
+def test_describe_model_prefers_the_sidecar():
+    from metaiqa.models.pretrained import BUNDLED_DESCRIPTIONS, PRIOR_MODEL, describe_model
+
+    assert describe_model(PRIOR_MODEL, {"note": "old note"}) == BUNDLED_DESCRIPTIONS[PRIOR_MODEL]
+    assert describe_model(PRIOR_MODEL, {"description": " own words "}) == "own words"
+    assert describe_model("shop-v2", {"note": "for the shop"}) == "for the shop"
+    assert describe_model("shop-v2", {}) is None
 
 
 def test_resolve_names_and_paths(tmp_path, monkeypatch):
-    from metaiqa.models.pretrained import DEFAULT_MODEL, ModelNotFound, list_checkpoints, resolve_checkpoint
+    from metaiqa.models.pretrained import BUNDLED_MODELS, ModelNotFound, list_checkpoints, resolve_checkpoint
 
     models = tmp_path / "models"
     a = _ckpt(models, "alpha")
@@ -218,10 +234,10 @@ def test_resolve_names_and_paths(tmp_path, monkeypatch):
     assert resolve_checkpoint(str(a.with_suffix(".json"))) == a  # its sidecar
     monkeypatch.chdir(models)
     assert resolve_checkpoint("alpha") == a  # "alpha" -> ./alpha.safetensors
-    with pytest.raises(ModelNotFound, match="'gamma'.*available: (metaiqa-default, )?alpha, beta.v2") as err:
+    with pytest.raises(ModelNotFound, match="'gamma'.*available: (metaiqa-default, )?metaiqa-prior, alpha, beta.v2") as err:
         resolve_checkpoint("gamma", models)
     assert err.value.available[-2:] == ["alpha", "beta.v2"]
-    assert set(err.value.available[:-2]) <= {DEFAULT_MODEL}  # the bundled prior, when shipped
+    assert set(err.value.available[:-2]) <= set(BUNDLED_MODELS)  # the bundled models that are present
     outside = _ckpt(tmp_path, "outside")
     assert resolve_checkpoint(str(outside), models) == outside
     for bad in ("../outside", str(outside), "/etc/passwd", ".hidden"):

@@ -15,7 +15,7 @@ from metaiqa.errors import MetaIQAError
 
 EXIT_USAGE = 2
 
-_COMMAND_MODULES = ("data", "train", "adapt", "score", "serve")
+_COMMAND_MODULES = ("data", "train", "adapt", "score", "calibrate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,18 +23,27 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 )
 PROGRESS_MIN = 5  # show a progress bar from this many images on
+# (the bundled names are spelled out here: importing metaiqa.models.pretrained would load torch)
+MODEL_HELP = (
+    "metaiqa-default (bundled, used when --model is not given): trained on human opinion scores of real "
+    "photos, scores the whole image; metaiqa-prior (bundled): the synthetic-only meta-learned prior, scores "
+    "one centre crop, a starting point for fine-tuning; or a name in --models-dir, or a checkpoint path"
+)
 
 SCORE_EPILOG = """\
 examples:
+  metaiqa score photo.jpg                          # the bundled metaiqa-default
+  metaiqa score photo.jpg --model metaiqa-prior    # the bundled synthetic-only prior
   metaiqa score photo.jpg --model runs/prior/best.safetensors
   metaiqa score photos/ 'shots/**/*.png' --format json > scores.json
   metaiqa score photos/ --format csv --crops 4 --heatmap-dir heat/
   metaiqa score photos/ --format json | jq '.[] | select(.score < 0.4) | .path'
 
 Folders are searched recursively for image files (jpg, png, webp, tif, bmp, gif, ...);
-quote globs so the shell does not expand them (** works). Unreadable files are reported
-per file (error column / "error" key) and never stop the batch. Exit code 0 if at least
-one image was scored, 2 if none could be.
+quote globs so the shell does not expand them (** works). Unreadable files, and images the
+model's policy refuses (e.g. longer than 12:1 for a whole-image model), are reported per file
+(error column / "error" key) and never stop the batch. Exit code 0 if at least one image was
+scored, 2 if none could be.
 """
 
 GATE_EPILOG = """\
@@ -73,11 +82,7 @@ def _unit_float(text: str) -> float:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or quoted globs")
-    p.add_argument(
-        "--model",
-        metavar="NAME|CKPT",
-        help="checkpoint path, or a name in --models-dir (default: the bundled metaiqa-default)",
-    )
+    p.add_argument("--model", metavar="NAME|CKPT", help=MODEL_HELP)
     p.add_argument(
         "--models-dir",
         type=Path,
@@ -90,7 +95,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=None,
         metavar="N",
-        help="average N crops spread over each image (center_crop policy; default 1)",
+        help="average N crops spread over each image (center_crop models such as metaiqa-prior; default 1; "
+        "whole-image models already cover the frame)",
     )
     p.add_argument("--batch-size", type=_int_at_least(1), default=16, metavar="N", help="images per forward pass")
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="torch CPU threads")

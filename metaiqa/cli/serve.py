@@ -17,7 +17,7 @@ DEFAULT_CONFIG = Path("configs/serve.yaml")
 
 EPILOG = """\
 examples:
-  metaiqa serve                                   # bundled prior on http://127.0.0.1:8000
+  metaiqa serve                                   # metaiqa-default + metaiqa-prior on http://127.0.0.1:8000
   metaiqa serve --model runs/shop/best.safetensors --models-dir models/
   metaiqa serve --host 0.0.0.0 --port 8080 --workers 2 --config configs/serve.yaml
   METAIQA_API_KEYS=k1,k2 METAIQA_MAX_BATCH=16 metaiqa serve
@@ -61,7 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
     p.add_argument("--workers", type=_positive, default=1, help="uvicorn worker processes, each loads the models")
-    p.add_argument("--model", help="default model: a name in --models-dir or a checkpoint path (default: bundled)")
+    p.add_argument(
+        "--model",
+        help="model for requests that name none: a bundled name, a name in --models-dir or a checkpoint path "
+        "(default: metaiqa-default; both bundled models are always served, unless bundled_models: false)",
+    )
     p.add_argument("--models-dir", type=Path, help="serve every checkpoint in this folder too (?model=NAME)")
     p.add_argument("--config", type=Path, help="YAML service settings (see configs/serve.yaml)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

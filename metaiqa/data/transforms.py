@@ -86,7 +86,14 @@ MAX_ASPECT = 12.0
 
 
 class ExtremeAspectRatio(InvalidInput):
-    """An image too long and thin for a whole-image score."""
+    """An image too long and thin for a whole-image score (the service answers 422)."""
+
+    http_status = 422
+
+    def __init__(self, message: str, *, value: float | None = None, limit: float = MAX_ASPECT):
+        super().__init__(message)
+        self.value = value
+        self.limit = limit
 
 
 def viewing_size(height: int, width: int, scale: int, size: int) -> tuple[int, int]:
@@ -97,7 +104,8 @@ def viewing_size(height: int, width: int, scale: int, size: int) -> tuple[int, i
     if long_ / short > MAX_ASPECT:
         raise ExtremeAspectRatio(
             f"aspect ratio {long_ / short:.1f}:1 ({width}x{height}) exceeds the limit {MAX_ASPECT:g}:1 "
-            "for whole-image scoring; crop the image first"
+            "for whole-image scoring; crop the image first",
+            value=long_ / short,
         )
     factor = scale / short if short > scale else (size / short if short < size else 1.0)
     if factor == 1.0:
@@ -119,21 +127,33 @@ def _positions(length: int, size: int) -> list[int]:
     return sorted({int(round(p)) for p in np.linspace(0, length - size, n)})
 
 
+def _spread(positions: list[int], k: int) -> list[int]:
+    """`k` of the positions, evenly spread from edge to edge (k=1: the centred one)."""
+    if k >= len(positions):
+        return positions
+    if k == 1:
+        return [int(round((positions[0] + positions[-1]) / 2))]
+    return [positions[i] for i in np.linspace(0, len(positions) - 1, k).round().astype(int)]
+
+
 def view_boxes(height: int, width: int, size: int, max_views: int = 16) -> list[tuple[int, int]]:
     """(top, left) of `size`-square views covering a height x width frame (at most `max_views`).
 
     Along each axis: ceil(length / size) positions spread from edge to edge, so views
-    overlap and together cover the frame; a grid over the cap keeps an even subset along
-    the long axis.
+    overlap and together cover the frame. A grid over the cap (a panorama, or a cap below 4)
+    keeps an even subset along the long axis (and along the short one only if the cap is
+    below its count); that subset no longer covers every pixel.
     """
+    if max_views < 1:
+        raise InvalidInput(f"max_views must be >= 1, got {max_views}")
     tops, lefts = _positions(height, size), _positions(width, size)
     if len(tops) * len(lefts) > max_views:
         if len(lefts) >= len(tops):
-            keep = max(1, max_views // len(tops))
-            lefts = [lefts[i] for i in np.linspace(0, len(lefts) - 1, keep).round().astype(int)]
+            tops = _spread(tops, max_views)
+            lefts = _spread(lefts, max(1, max_views // len(tops)))
         else:
-            keep = max(1, max_views // len(lefts))
-            tops = [tops[i] for i in np.linspace(0, len(tops) - 1, keep).round().astype(int)]
+            lefts = _spread(lefts, max_views)
+            tops = _spread(tops, max(1, max_views // len(lefts)))
     return [(t, lf) for t in tops for lf in lefts]
 
 
@@ -144,6 +164,23 @@ def whole_image_views(image: np.ndarray, preprocess: Mapping[str, Any]) -> torch
     boxes = view_boxes(scaled.shape[0], scaled.shape[1], size, int(preprocess.get("max_views", 16)))
     crops = np.stack([scaled[t : t + size, lf : lf + size] for t, lf in boxes])
     return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def decode_short_side(preprocess: Mapping[str, Any]) -> int | None:
+    """The shortest side a decoder must keep for this policy (None: full resolution needed).
+
+    The "views" policy downscales to a short side of `scale` anyway, so a JPEG may be decoded
+    at reduced scale as long as its short side stays at least that (see inference.decode).
+    """
+    if preprocess.get("policy") != "views":
+        return None
+    return max(int(preprocess.get("scale", 384)), int(preprocess.get("size", 224)))
+
+
+def check_image(height: int, width: int, preprocess: Mapping[str, Any]) -> None:
+    """Refuse, before any model work, an image the policy cannot score (ExtremeAspectRatio)."""
+    if preprocess.get("policy") == "views":
+        viewing_size(height, width, int(preprocess.get("scale", 384)), int(preprocess.get("size", 224)))
 
 
 def image_views(image: np.ndarray, preprocess: Mapping[str, Any], crops: int = 1) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Inference: decode untrusted images, score them in batches, explain scores with heatmaps."""
 
+from metaiqa.data.transforms import ExtremeAspectRatio
 from metaiqa.inference.decode import (
+    DecodedImage,
     DecodeError,
     DecodeLimits,
     FileTooLarge,
@@ -8,7 +10,9 @@ from metaiqa.inference.decode import (
     NotAnImage,
     TooManyPixels,
     TruncatedImage,
+    decode,
     decode_image,
+    read_file,
     read_image_file,
 )
 from metaiqa.inference.scorer import Scorer, ScoreResult
@@ -16,6 +20,8 @@ from metaiqa.inference.scorer import Scorer, ScoreResult
 __all__ = [
     "DecodeError",
     "DecodeLimits",
+    "DecodedImage",
+    "ExtremeAspectRatio",
     "FileTooLarge",
     "ImageTooSmall",
     "NotAnImage",
@@ -23,6 +29,8 @@ __all__ = [
     "Scorer",
     "TooManyPixels",
     "TruncatedImage",
+    "decode",
     "decode_image",
+    "read_file",
     "read_image_file",
 ]

@@ -6,6 +6,11 @@ Order of checks (cheapest first, so a hostile upload costs almost nothing):
 3. pixel count from the header    -> TooManyPixels  (413)  (Pillow's decompression-bomb guard stays on)
 4. shortest side from the header  -> ImageTooSmall  (422)
 5. decode                         -> TruncatedImage (422)  (LOAD_TRUNCATED_IMAGES is never set)
+Steps 1-4 look at the file and its header, so they hold whatever scale the pixels are decoded at.
+With `min_short_side` (callers that downscale anyway, e.g. the "views" scoring policy), a JPEG
+whose shorter side is at least twice that is decoded at 1/2, 1/4 or 1/8 scale through the DCT
+(Pillow's `draft`): never below `min_short_side`, several times less work and memory for a photo
+from a phone. `decode` also returns the full size, which is what users are told the image measures.
 Then EXIF orientation is applied and any mode (L, 1, P, LA, RGBA, CMYK, I;16, I, F, ...) becomes
 8-bit RGB; transparent pixels are composited on white; animations give their first frame.
 """
@@ -126,67 +131,144 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV, ...
 
 
-def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode untrusted image bytes to a uint8 HxWx3 RGB array, EXIF-oriented, first frame only."""
-    _check_size(len(data), limits, "image")
-    _ensure_bomb_guard(limits.max_pixels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data), formats=_available_formats(limits.formats))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise TooManyPixels(
-                f"image header declares too many pixels ({exc}); limit is {limits.max_pixels} pixels",
-                limit=limits.max_pixels,
-            ) from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            head = data[:8].hex()
-            raise NotAnImage(
-                f"not a recognised image ({len(data)} bytes, starting with 0x{head or '<empty>'}); "
-                f"accepted formats: {', '.join(limits.formats)}",
-                value=head,
-            ) from exc
-        with img:
-            w, h = img.size
-            if w * h > limits.max_pixels:
-                raise TooManyPixels(
-                    f"image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}",
-                    value=w * h,
-                    limit=limits.max_pixels,
-                )
-            if min(w, h) < limits.min_side:
-                raise ImageTooSmall(
-                    f"image is {w}x{h}; its shorter side {min(w, h)} is below the minimum of {limits.min_side} px",
-                    value=min(w, h),
-                    limit=limits.min_side,
-                )
-            fmt = img.format
-            try:
-                img.load()  # Image.open leaves animations on frame 0
-                frame = img.copy()
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise TooManyPixels(
-                    f"image frame has too many pixels ({exc}); limit is {limits.max_pixels}",
-                    limit=limits.max_pixels,
-                ) from exc
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise TruncatedImage(
-                    f"{fmt or 'image'} {w}x{h} could not be decoded, file truncated or corrupt ({exc})",
-                    value=len(data),
-                ) from exc
+@dataclass(frozen=True)
+class DecodedImage:
+    """Decoded pixels plus the image's full size (after EXIF orientation).
+
+    `pixels` may be smaller than `width` x `height` when a JPEG was decoded at reduced scale
+    (`min_short_side`); the full size is what users are told the image measures.
+    """
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Image.open with our format list; Pillow's bomb guard (on the header size) -> TooManyPixels."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_available_formats(limits.formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(
+            f"image header declares too many pixels ({exc}); limit is {limits.max_pixels} pixels",
+            limit=limits.max_pixels,
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        head = data[:8].hex()
+        raise NotAnImage(
+            f"not a recognised image ({len(data)} bytes, starting with 0x{head or '<empty>'}); "
+            f"accepted formats: {', '.join(limits.formats)}",
+            value=head,
+        ) from exc
+
+
+def _check_header(img: Image.Image, limits: DecodeLimits) -> None:
+    """Pixel count and shortest side from the header, before any pixel is decoded."""
+    w, h = img.size
+    if w * h > limits.max_pixels:
+        raise TooManyPixels(
+            f"image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}",
+            value=w * h,
+            limit=limits.max_pixels,
+        )
+    if min(w, h) < limits.min_side:
+        raise ImageTooSmall(
+            f"image is {w}x{h}; its shorter side {min(w, h)} is below the minimum of {limits.min_side} px",
+            value=min(w, h),
+            limit=limits.min_side,
+        )
+
+
+def _draft(img: Image.Image, min_short_side: int | None) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale, keeping its short side >= `min_short_side`.
+
+    Pillow's `draft` picks the largest DCT scale s in (8, 4, 2, 1) with s <= short // target, so
+    the decoded short side ceil(short / s) is never below the target (and below twice it unless
+    s is capped at 8). Other formats ignore it. Called only after `_check_header`: the limits
+    apply to the size the header declares, not to the reduced decode.
+    """
+    if min_short_side is None or img.format not in ("JPEG", "MPO"):
+        return
+    if min(img.size) >= 2 * int(min_short_side):
+        img.draft(None, (int(min_short_side), int(min_short_side)))
+
+
+def _load_frame(img: Image.Image, limits: DecodeLimits, full: tuple[int, int], n_bytes: int) -> Image.Image:
+    """Decode the first frame; Pillow's errors -> TooManyPixels / TruncatedImage."""
+    fmt = img.format
+    w, h = full
+    try:
+        img.load()  # Image.open leaves animations on frame 0
+        return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(
+            f"image frame has too many pixels ({exc}); limit is {limits.max_pixels}",
+            limit=limits.max_pixels,
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise TruncatedImage(
+            f"{fmt or 'image'} {w}x{h} could not be decoded, file truncated or corrupt ({exc})", value=n_bytes
+        ) from exc
+
+
+def _orient(frame: Image.Image, full: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """Apply EXIF orientation to the frame; the full (header) size turns with it."""
+    before = frame.size
     try:
         frame = ImageOps.exif_transpose(frame)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError) as exc:  # broken EXIF: keep pixels as stored
         log.warning("ignoring unreadable EXIF orientation (%s)", exc)
-    return np.array(_to_rgb(frame), dtype=np.uint8, order="C")  # a writable copy, unlike np.asarray
+    turned = before[0] != before[1] and frame.size == (before[1], before[0])
+    return frame, ((full[1], full[0]) if turned else full)
 
 
-def read_image_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode an image file, refusing an oversized one from its size on disk before reading it.
+def decode(data: bytes, limits: DecodeLimits = DecodeLimits(), *, min_short_side: int | None = None) -> DecodedImage:
+    """Decode untrusted image bytes (see `decode_image`), returning the full size alongside.
+
+    `min_short_side`: the caller downscales anyway, so a large JPEG may be decoded at reduced
+    scale (1/2, 1/4, 1/8) as long as its shorter side stays >= this many pixels. The byte,
+    pixel-count and minimum-side limits are checked against the file and its header first.
+    """
+    _check_size(len(data), limits, "image")
+    _ensure_bomb_guard(limits.max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = _open(data, limits)
+        with img:
+            full = img.size
+            _check_header(img, limits)
+            _draft(img, min_short_side)
+            frame = _load_frame(img, limits, full, len(data))
+    frame, full = _orient(frame, full)
+    pixels = np.array(_to_rgb(frame), dtype=np.uint8, order="C")  # a writable copy, unlike np.asarray
+    return DecodedImage(pixels, int(full[0]), int(full[1]))
+
+
+def decode_image(
+    data: bytes, limits: DecodeLimits = DecodeLimits(), *, min_short_side: int | None = None
+) -> np.ndarray:
+    """Decode untrusted image bytes to a uint8 HxWx3 RGB array, EXIF-oriented, first frame only.
+
+    With `min_short_side`, a large JPEG may come back smaller than its header says (see `decode`).
+    """
+    return decode(data, limits, min_short_side=min_short_side).pixels
+
+
+def read_file(
+    path: str | os.PathLike, limits: DecodeLimits = DecodeLimits(), *, min_short_side: int | None = None
+) -> DecodedImage:
+    """`decode` for a file, refusing an oversized one from its size on disk before reading it.
 
     Missing or unreadable files raise OSError (FileNotFoundError, IsADirectoryError, ...),
     which callers report per file.
     """
     path = Path(path)
     _check_size(path.stat().st_size, limits, str(path))
-    return decode_image(path.read_bytes(), limits)
+    return decode(path.read_bytes(), limits, min_short_side=min_short_side)
+
+
+def read_image_file(
+    path: str | os.PathLike, limits: DecodeLimits = DecodeLimits(), *, min_short_side: int | None = None
+) -> np.ndarray:
+    """Decode an image file to uint8 HxWx3 (see `read_file`)."""
+    return read_file(path, limits, min_short_side=min_short_side).pixels

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaiqa.data.transforms import image_views
+from metaiqa.data.transforms import check_image, decode_short_side, image_views
 from metaiqa.errors import InvalidInput
-from metaiqa.inference.decode import DecodeError, DecodeLimits, decode_image, read_image_file
+from metaiqa.inference.decode import DecodedImage, DecodeError, DecodeLimits, decode, read_file
 from metaiqa.models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class Scorer:
 
     `crops=N` (center_crop policy only) averages the scores of N crops spread over the image;
     other policies produce one view and ignore it.
+
+    Bytes and files are decoded through `decode`/`read`, which (for the "views" policy) decode a
+    large JPEG at reduced scale, never below the policy's viewing scale, and refuse images the
+    policy cannot score (ExtremeAspectRatio) before any model work.
     """
 
     def __init__(
@@ -82,6 +86,28 @@ class Scorer:
             raise InvalidInput(f"crops must be an integer >= 1, got {crops!r}")
         return int(crops)
 
+    @property
+    def decode_short_side(self) -> int | None:
+        """Shortest side a decoder must keep for this policy; None = decode at full resolution."""
+        return decode_short_side(self.preprocess)
+
+    def check(self, image: np.ndarray) -> np.ndarray:
+        """The image itself, if this policy can score it; else ExtremeAspectRatio (an InvalidInput)."""
+        check_image(int(image.shape[0]), int(image.shape[1]), self.preprocess)
+        return image
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode bytes with this scorer's limits, at the scale its policy needs, and check them."""
+        out = decode(data, self.limits, min_short_side=self.decode_short_side)
+        self.check(out.pixels)
+        return out
+
+    def read(self, path: str | os.PathLike) -> DecodedImage:
+        """`decode` for a file (OSError for a missing/unreadable one)."""
+        out = read_file(path, self.limits, min_short_side=self.decode_short_side)
+        self.check(out.pixels)
+        return out
+
     def views(self, image: np.ndarray, crops: int | None = None) -> torch.Tensor:
         """The (k, 3, h, w) batch of views the model scores for one uint8 HxWx3 image."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
@@ -117,8 +143,11 @@ class Scorer:
         return [float(s) for s in sums / counts]
 
     def score_bytes(self, blobs: Sequence[bytes], crops: int | None = None) -> list[float]:
-        """Decode (with this scorer's limits) and score; the first bad blob raises its DecodeError."""
-        return self.score_arrays([decode_image(b, self.limits) for b in blobs], crops)
+        """Decode (with this scorer's limits) and score; the first bad blob raises its DecodeError.
+
+        (Or ExtremeAspectRatio, an InvalidInput, for an image the policy refuses.)
+        """
+        return self.score_arrays([self.decode(b).pixels for b in blobs], crops)
 
     def score_paths(
         self, paths: Sequence[str | os.PathLike], crops: int | None = None, batch_size: int = 16
@@ -127,14 +156,14 @@ class Scorer:
         out: list[float] = []
         for start in range(0, len(paths), self._check_batch(batch_size)):
             chunk = paths[start : start + batch_size]
-            out += self.score_arrays([read_image_file(p, self.limits) for p in chunk], crops)
+            out += self.score_arrays([self.read(p).pixels for p in chunk], crops)
         return out
 
     def score_bytes_safe(
         self, blobs: Sequence[bytes], crops: int | None = None
-    ) -> list[ScoreResult | DecodeError]:
+    ) -> list[ScoreResult | DecodeError | InvalidInput]:
         """Like score_bytes, but a bad blob yields its exception in its slot instead of raising."""
-        return self._score_decoded([_attempt(decode_image, b, self.limits) for b in blobs], crops)
+        return self._score_decoded([_attempt(self.decode, b) for b in blobs], crops)
 
     def score_paths_safe(
         self,
@@ -142,26 +171,27 @@ class Scorer:
         crops: int | None = None,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
-    ) -> list[ScoreResult | DecodeError | OSError]:
-        """Per-file results: a ScoreResult, or the DecodeError/OSError that file raised.
+    ) -> list[ScoreResult | DecodeError | InvalidInput | OSError]:
+        """Per-file results: a ScoreResult, or the DecodeError/InvalidInput/OSError that file raised.
 
+        InvalidInput is ExtremeAspectRatio: a readable image the policy refuses to score.
         Never aborts the batch for a bad file. `progress(n)` is called after each chunk of n files.
         """
-        out: list[ScoreResult | DecodeError | OSError] = []
+        out: list[ScoreResult | DecodeError | InvalidInput | OSError] = []
         for start in range(0, len(paths), self._check_batch(batch_size)):
             chunk = paths[start : start + batch_size]
-            out += self._score_decoded([_attempt(read_image_file, Path(p), self.limits) for p in chunk], crops)
+            out += self._score_decoded([_attempt(self.read, Path(p)) for p in chunk], crops)
             if progress is not None:
                 progress(len(chunk))
         return out
 
     def _score_decoded(self, decoded: list, crops: int | None) -> list:
-        good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-        scores = self.score_arrays([decoded[i] for i in good], crops)
+        """Score the DecodedImage slots; the sizes reported are the full ones, not the decoded."""
+        good = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
+        scores = self.score_arrays([decoded[i].pixels for i in good], crops)
         out = list(decoded)
         for i, s in zip(good, scores, strict=True):
-            h, w = decoded[i].shape[:2]
-            out[i] = ScoreResult(s, int(w), int(h))
+            out[i] = ScoreResult(s, decoded[i].width, decoded[i].height)
         return out
 
     @staticmethod
@@ -171,8 +201,8 @@ class Scorer:
         return batch_size
 
 
-def _attempt(fn: Callable[..., np.ndarray], *args: Any) -> np.ndarray | DecodeError | OSError:
+def _attempt(fn: Callable[..., DecodedImage], *args: Any) -> DecodedImage | DecodeError | InvalidInput | OSError:
     try:
         return fn(*args)
-    except (DecodeError, OSError) as exc:
+    except (DecodeError, InvalidInput, OSError) as exc:
         return exc

@@ -1,4 +1,10 @@
-"""Where checkpoints come from: the bundled default, a models directory of named ones, or a path.
+"""Where checkpoints come from: the two bundled models, a models directory of named ones, or a path.
+
+Bundled (in metaiqa/models/weights/, float16, hash-verified at load):
+- metaiqa-default: trained on human opinion scores of real photos; scores the whole image
+  ("views" policy). Used when no model is named.
+- metaiqa-prior: the synthetic-only meta-learned prior (one centre crop); a starting point for
+  fine-tuning on your own labelled images.
 
 Names are plain file stems (`^[A-Za-z0-9][A-Za-z0-9._-]*$`), so a name taken from a request
 can never point outside the models directory; the service should resolve with
@@ -21,6 +27,13 @@ DEFAULT_MODEL = "metaiqa-default"
 PRIOR_MODEL = "metaiqa-prior"
 BUNDLED_MODELS = (DEFAULT_MODEL, PRIOR_MODEL)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: One line per bundled model, for GET /v1/models and the web page (a sidecar's own
+#: "description" key takes precedence; `metaiqa score --help` spells the same out).
+BUNDLED_DESCRIPTIONS = {
+    DEFAULT_MODEL: "trained on human opinion scores of real photos; scores the whole image",
+    PRIOR_MODEL: "synthetic-only meta-learned prior, scores one centre crop; a starting point for "
+    "fine-tuning on your own labelled images",
+}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -35,6 +48,18 @@ class ModelNotFound(MetaIQAError, LookupError):
 def default_checkpoint_path(name: str = DEFAULT_MODEL) -> Path:
     """Where a bundled model lives (it may be absent in a development build)."""
     return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def describe_model(name: str, meta: dict | None = None) -> str | None:
+    """A one-line description: the sidecar's "description", else the bundled text, else its "note"."""
+    meta = meta or {}
+    text = meta.get("description")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    if name in BUNDLED_DESCRIPTIONS:
+        return BUNDLED_DESCRIPTIONS[name]
+    note = meta.get("note")
+    return note.strip() if isinstance(note, str) and note.strip() else None
 
 
 def is_valid_name(name: str) -> bool:
@@ -85,11 +110,14 @@ def resolve_checkpoint(
         path = default_checkpoint_path(name)
         if path.is_file():
             return path
+        what = "no default model: " if name == DEFAULT_MODEL else ""
+        available = _available(models_dir)
         raise ModelNotFound(
-            f"model {name} is not bundled in this build (looked for {path}); "
-            "pass --model CKPT with a checkpoint made by `metaiqa meta-train` / `metaiqa fine-tune`, "
+            f"{what}model {name} is not bundled in this build (looked for {path}); pass --model "
+            + "".join(f"{n}, " for n in BUNDLED_MODELS if n in available and n != name)
+            + "a checkpoint made by `metaiqa meta-train` / `metaiqa fine-tune`, "
             "or the name of one in the models directory",
-            _available(models_dir),
+            available,
         )
     text = str(spec)
     if models_dir is not None and is_valid_name(text):

@@ -67,7 +67,7 @@ async def heatmap(
 
     if len(uploads) != 1:
         raise TooManyImages(f"heatmap takes exactly one image, got {len(uploads)}")
-    (item,) = await decode_uploads(uploads, served, state)
+    (item,) = await decode_uploads(uploads, served, state, full_resolution=True)
     scorer = served.scorer
     png = _wants_png(request)
 

@@ -81,8 +81,6 @@ def _unpack(data: bytes, job: Job, settings: Settings) -> list[Sample]:
 
 
 def _make_work(state, served, samples: list[Sample], splits: int, seed: int, input_root: Path | None):
-    from metaiqa.inference import read_image_file
-
     settings: Settings = state.settings
     chunk = settings.max_batch
 
@@ -96,7 +94,7 @@ def _make_work(state, served, samples: list[Sample], splits: int, seed: int, inp
             images = []
             for s in part:
                 try:
-                    images.append(read_image_file(s.path, served.scorer.limits))
+                    images.append(served.scorer.read(s.path).pixels)  # as the CLI reads it
                 except (MetaIQAError, OSError) as exc:
                     shown = s.path.relative_to(input_root) if input_root else s.path
                     raise BadField(f"{shown}: {exc}") from None

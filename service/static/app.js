@@ -23,6 +23,18 @@ async function errorText(resp) {
   }
 }
 
+function policyText(pre) {
+  if (!pre || !pre.policy) return "";
+  if (pre.policy === "views") return `whole image at ${pre.scale ?? 384} px short side, ${pre.size ?? 224}² views`;
+  if (pre.policy === "center_crop") return `one ${pre.size ?? 224}² centre crop`;
+  return pre.policy;
+}
+
+function showModelDescription() {
+  const opt = $("model").selectedOptions[0];
+  $("model-description").textContent = opt ? opt.dataset.description || "" : "";
+}
+
 async function loadModels() {
   const select = $("model");
   const resp = await fetch("/v1/models", { headers: headers() });
@@ -32,13 +44,19 @@ async function loadModels() {
   }
   const body = await resp.json();
   select.replaceChildren();
-  for (const m of body.models) {
+  // the default first, then the bundled models, then the others (the API lists them by name)
+  const rank = (m) => (m.default ? 0 : m.bundled ? 1 : 2);
+  const models = [...body.models].sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
+  for (const m of models) {
     const opt = document.createElement("option");
     opt.value = m.name;
     opt.textContent = m.default ? `${m.name} (default)` : m.name;
     opt.selected = m.default;
+    opt.dataset.description = [m.description, policyText(m.preprocess)].filter(Boolean).join(" — ");
+    opt.title = opt.dataset.description;
     select.append(opt);
   }
+  showModelDescription();
   if (!body.models.length) setStatus("the server has no model loaded; see /readyz", true);
 }
 
@@ -124,6 +142,7 @@ function setupDrop() {
   });
   $("file").addEventListener("change", (e) => analyse(e.target.files[0]));
   $("apikey").addEventListener("change", loadModels);
+  $("model").addEventListener("change", showModelDescription);
 }
 
 setupDrop();
