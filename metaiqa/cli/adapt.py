@@ -31,15 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prior), and the saved model is a final fit on ALL shots for that many epochs. With too few shots "
         "to hold any out (< 10 images or < 4 contents) nothing is selected: all shots train for the fixed "
         "EPOCHS budget. The rule, the fold curve and the chosen epochs are recorded in the JSON sidecar "
-        "with the config and data. Settings: defaults < --config YAML < --set key=value < the flags below.",
+        "with the config and data. Settings: defaults < --config YAML < --set key=value < the flags below.\n\n"
+        "Joint mode (the recipe of the bundled default model): a config with a `human:` key, e.g. "
+        "configs/fine_tune/default.yaml, trains on ALL human-rated images of --data (validation carved from "
+        "them) while keeping synthetic orderings on reference photos; --out is then a run folder with "
+        "best/last checkpoints, log.jsonl and resumable state (--resume). See metaiqa/meta/joint.py.",
     )
     ft.add_argument("--prior", metavar="CKPT",
                     help="prior checkpoint (.safetensors with its .json sidecar, e.g. from meta-train) or a model "
-                    "name (default: the bundled metaiqa-default model)")
-    ft.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+                    "name (default: the bundled metaiqa-prior; metaiqa-default, trained on real photos, is the "
+                    "better start for photos)")
+    ft.add_argument("--data", metavar="SPEC", help=DATA_HELP + "; in joint mode the human-rated training data")
     ft.add_argument("--shots", type=int, metavar="K",
                     help="labelled images used for adaptation; all of them train the final model (default 50)")
-    ft.add_argument("--out", required=True, metavar="CKPT", help="where to save the fine-tuned checkpoint")
+    ft.add_argument("--out", required=True, metavar="CKPT",
+                    help="where to save the fine-tuned checkpoint (joint mode: the run folder)")
+    ft.add_argument("--resume", action="store_true", help="joint mode: continue the run in --out from its state")
     ft.add_argument("--epochs", type=int,
                     help="largest epoch count the k-fold rule tries; with too few shots to select, the fixed "
                     "budget (default 30)")
@@ -92,17 +99,51 @@ def resolve_model(spec: str | None) -> Path:
     return resolve_checkpoint(spec)
 
 
+def _is_joint(args: argparse.Namespace) -> bool:
+    from metaiqa.config import read_yaml
+
+    from_yaml = bool(args.config) and "human" in (read_yaml(args.config) or {})
+    return from_yaml or any(o.split("=", 1)[0].strip() == "human" for o in args.overrides)
+
+
+def cmd_joint(args: argparse.Namespace) -> int:
+    """Joint mode: human scores + synthetic orderings (metaiqa.meta.joint), resumable run folder."""
+    from metaiqa.config import load_config
+    from metaiqa.meta.joint import JointConfig, JointTrainer
+
+    overrides = list(args.overrides) + [f"out_dir={args.out}"]
+    if args.data:
+        overrides.append(f"human={args.data}")
+    if args.prior:
+        overrides.append(f"init={args.prior}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(JointConfig, args.config, overrides)
+    result = JointTrainer(cfg, resume=args.resume, progress=not args.no_progress).run()
+    sys.stdout.write(f"saved {result['out_dir']}/best.safetensors (step {result['step']}, "
+                     f"best validation select {result['best_select']:.4f})\n")
+    return 0
+
+
 def cmd_fine_tune(args: argparse.Namespace) -> int:
     from metaiqa.config import load_config
     from metaiqa.data.formats import parse_data_spec
     from metaiqa.meta.finetune import FineTuneConfig, fine_tune_checkpoint
+    from metaiqa.models.pretrained import PRIOR_MODEL
+
+    if _is_joint(args):
+        return cmd_joint(args)
+    if not args.data:
+        from metaiqa.errors import InvalidInput
+
+        raise InvalidInput("--data is required (the labelled images to adapt to), unless the config is a joint recipe")
 
     flags = {"shots": args.shots, "epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr,
              "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(FineTuneConfig, args.config, overrides)
     samples = parse_data_spec(args.data)
-    res = fine_tune_checkpoint(resolve_model(args.prior), samples, cfg, args.out, data_spec=args.data,
+    res = fine_tune_checkpoint(resolve_model(args.prior or PRIOR_MODEL), samples, cfg, args.out, data_spec=args.data,
                                progress=not args.no_progress)
     sys.stdout.write(f"saved {res.path}\n" + describe_fine_tune(res.history, res.data))
     return 0

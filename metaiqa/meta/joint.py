@@ -50,7 +50,7 @@ class JointConfig(StrictModel):
     references: str | None = Field(None, description="folder of pristine photos for the synthetic anchor")
     anchor_scenes: str = Field("train", description="which of the init's scene splits the anchor may use")
     val_scenes: str = Field("val", description="init's scene split for synthetic-ordering validation")
-    scale: int = Field(384, ge=64, description="viewing scale: short side of the photo as scored")
+    scale: int = Field(384, ge=16, description="viewing scale: short side of the photo as scored")
     crop_size: int = Field(224, ge=32)
     anchor_scales: list[int] = Field(default_factory=lambda: [384, 512], description="short sides of references")
     max_views: int = Field(16, ge=1)

@@ -1,0 +1,149 @@
+"""Joint adaptation (human scores + synthetic orderings), on tiny generated data and a tiny model."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import natural_image
+from PIL import Image
+
+from metaiqa.config import load_config
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet
+from metaiqa.meta.joint import JointConfig, JointTrainer
+from metaiqa.meta.runstate import RunDirError
+from metaiqa.models import create_model
+from metaiqa.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+
+SCENES = {"train": {"contents": ["r0.png", "r1.png", "r2.png"]}, "val": {"contents": ["r3.png"]},
+          "test": {"contents": ["r4.png"]}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("joint")
+    refs = root / "refs"
+    refs.mkdir()
+    for i in range(5):
+        Image.fromarray(natural_image(96, seed=10 + i)).save(refs / f"r{i}.png")
+    (root / "photos").mkdir()
+    rows = []
+    for i in range(24):
+        img = natural_image(72, seed=100 + i)
+        noise = np.random.default_rng(i).normal(0, 3 * (i % 6), img.shape)
+        Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8)).save(root / "photos" / f"p{i}.png")
+        rows.append([f"photos/p{i}.png", round(1 - (i % 6) / 6, 3)])
+    with open(root / "human.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "mos"], *rows])
+    torch.manual_seed(0)
+    prior = save_checkpoint(root / "prior", create_model("metaiqa_tiny"), model_name="metaiqa_tiny",
+                            preprocess={"policy": "center_crop", "size": 32}, data={"splits": SCENES})
+    return root, prior
+
+
+def _cfg(root: Path, prior: Path, out: str, **kw) -> JointConfig:
+    base = dict(init=str(prior), human=f"csv:{root / 'human.csv'}", references=str(root / "refs"), scale=48,
+                crop_size=32, anchor_scales=[48], batch_human=4, anchor_crops=2, steps=6, val_every=3,
+                checkpoint_every=2, warmup_steps=1, threads=1, lr=1e-3, head_lr=1e-3, val_fraction=0.25,
+                out_dir=str(root / out))
+    base.update(kw)
+    return JointConfig(**base)
+
+
+def test_anchor_triples_are_ordered_and_from_allowed_scenes(setup):
+    root, _ = setup
+    anchor = AnchorSet.from_folder(root / "refs", SCENES, "train", [48], 32)
+    assert anchor.scenes == ["r0.png", "r1.png", "r2.png"]
+    crops, labels = anchor.sample(3, np.random.default_rng(0))
+    assert len(crops) == 9 and all(c.shape == (32, 32, 3) and c.dtype == np.uint8 for c in crops)
+    for k in range(3):
+        pristine, lighter, heavier = labels[3 * k : 3 * k + 3]
+        assert pristine == 1.0 and pristine > lighter > heavier
+
+
+def test_ordering_validation_rewards_a_scorer_that_follows_the_levels(setup):
+    root, _ = setup
+    ordering = SyntheticOrderingSet.from_folder(root / "refs", SCENES, "val", 48)
+    assert ordering.scenes == ["r3.png"]
+    levels = np.array([lv for _, _, lv in ordering.keys], dtype=float)
+    perfect = ordering.evaluate(lambda imgs: 1.0 - levels / 10)
+    backwards = ordering.evaluate(lambda imgs: levels / 10)
+    assert perfect["val_synth_within_srocc"] == pytest.approx(1.0)
+    assert perfect["val_synth_pristine_above"] == 1.0
+    assert backwards["val_synth_within_srocc"] == pytest.approx(-1.0)
+    assert backwards["val_synth_pristine_above"] == 0.0
+
+
+def test_joint_run_widens_the_front_end_and_saves_views_policy(setup):
+    root, prior = setup
+    out = JointTrainer(_cfg(root, prior, "run_a"), progress=False).run()
+    assert out["step"] == 6
+    best = load_checkpoint(root / "run_a" / "best.safetensors")
+    assert best.meta["model_kwargs"]["input_norm"] == "mscn_rgb"
+    assert best.preprocess["policy"] == "views" and best.preprocess["scale"] == 48
+    rows = [json.loads(line) for line in (root / "run_a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert {"val_human_srocc", "val_synth_within_srocc", "select"} <= set(rows[-1])
+    sidecar = read_sidecar(root / "run_a" / "best")
+    assert sidecar["data"]["anchor_scenes"] == ["r0.png", "r1.png", "r2.png"]
+    assert sidecar["data"]["val_scenes"] == ["r3.png"]
+
+
+def test_widened_prior_scores_exactly_like_the_prior_before_training(setup):
+    root, prior = setup
+    trainer = JointTrainer(_cfg(root, prior, "run_w", steps=1), progress=False)
+    ref = load_checkpoint(prior).model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(trainer.model.eval()(x), ref(x), atol=1e-6)
+
+
+def test_resume_continues_like_an_uninterrupted_run(setup):
+    root, prior = setup
+    JointTrainer(_cfg(root, prior, "full"), progress=False).run()
+    part = JointTrainer(_cfg(root, prior, "parts", max_minutes=1e-9), progress=False)
+    part.run()  # stops after the first step (time budget), saving its state
+    assert part.step == 1
+    resumed = JointTrainer(_cfg(root, prior, "parts", max_minutes=1e-9), resume=True, progress=False)
+    assert resumed.step == 1
+    resumed.cfg = _cfg(root, prior, "parts")  # lift the budget, same run
+    resumed.run()
+    a = load_checkpoint(root / "full" / "last.safetensors").model.state_dict()
+    b = load_checkpoint(root / "parts" / "last.safetensors").model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_an_existing_run_is_not_overwritten_and_a_changed_config_cannot_resume(setup):
+    root, prior = setup
+    JointTrainer(_cfg(root, prior, "guard", steps=1), progress=False).run()
+    with pytest.raises(RunDirError, match="--resume"):
+        JointTrainer(_cfg(root, prior, "guard", steps=1), progress=False)
+    with pytest.raises(RunDirError, match="steps"):
+        JointTrainer(_cfg(root, prior, "guard", steps=2), resume=True, progress=False)
+
+
+def test_shipped_recipe_config_is_valid():
+    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "default.yaml")
+    assert cfg.init == "metaiqa-prior" and cfg.human.startswith("biq2021-train:")
+
+
+def test_fine_tune_cli_runs_the_joint_recipe_and_resumes(setup, tmp_path, capsys):
+    from metaiqa.cli import main
+
+    root, prior = setup
+    cfg = tmp_path / "joint.yaml"
+    cfg.write_text(f"human: csv:{root / 'human.csv'}\nreferences: {root / 'refs'}\nscale: 48\ncrop_size: 32\n"
+                   "anchor_scales: [48]\nbatch_human: 4\nanchor_crops: 1\nsteps: 2\nval_every: 2\nthreads: 1\n"
+                   "val_fraction: 0.25\n")
+    out = tmp_path / "run"
+    argv = ["fine-tune", "--config", str(cfg), "--prior", str(prior), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert "best.safetensors (step 2" in capsys.readouterr().out
+    assert main(argv) == 2  # the folder holds a run: refuse without --resume, clear message
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0  # nothing left to do, but resumes cleanly
+    assert main(["fine-tune", "--out", str(tmp_path / "x")]) == 2
+    assert "--data is required" in capsys.readouterr().err
