@@ -32,6 +32,7 @@ log = logging.getLogger("service")
 
 STATIC_DIR = Path(__file__).parent / "static"
 VALIDATE_PATH = "/v1/validate"
+REPORT_DISK_ALLOWANCE = 16 * 2**20
 
 
 def _start(state: ServiceState, loaded: ModelSet) -> None:
@@ -57,6 +58,14 @@ def _start(state: ServiceState, loaded: ModelSet) -> None:
     state.decode_limiter = anyio.CapacityLimiter(s.max_concurrent_decodes)
 
 
+def job_disk_limit(settings: Settings) -> int:
+    """Disk cap of validation jobs: the inputs of the jobs allowed to run at once, plus an
+    allowance per kept report (report.html embeds the scatter plot; predictions.csv has a
+    row per image)."""
+    return (settings.validate_max_pending * settings.validate_max_uncompressed_bytes
+            + settings.validate_keep_reports * REPORT_DISK_ALLOWANCE)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A service instance; nothing heavy happens until the lifespan starts (uvicorn / TestClient)."""
     settings = settings or load_settings()
@@ -76,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         own_reports = settings.reports_dir is None
         reports = Path(tempfile.mkdtemp(prefix="metaiqa-reports-")) if own_reports else Path(settings.reports_dir)
         reports.mkdir(parents=True, exist_ok=True)
-        state.jobs = JobStore(reports, max_pending=settings.validate_max_pending, keep=settings.validate_keep_reports)
+        state.jobs = JobStore(reports, max_pending=settings.validate_max_pending, keep=settings.validate_keep_reports,
+                              max_disk_bytes=job_disk_limit(settings))
         log.info("serving models %s (default %s)", sorted(loaded.models), loaded.default)
         try:
             yield
@@ -97,6 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.add_gauge("metaiqa_models_loaded", "models loaded", lambda: len(state.models.models))
     metrics.add_gauge(
         "metaiqa_validation_jobs_pending", "validation jobs queued or running", lambda: state.jobs.pending() if state.jobs else 0
+    )
+    metrics.add_gauge(
+        "metaiqa_validation_disk_bytes", "bytes held by validation inputs and kept reports",
+        lambda: state.jobs.disk_bytes() if state.jobs else 0,
     )
     install_error_handlers(app)
 

@@ -1,9 +1,12 @@
 """Unpack an uploaded validation archive (zip of images + CSV `filename,mos`) without trusting it.
 
 Refused before anything is written: entries with absolute paths, `..`, backslashes, drive
-letters or NUL; symlinks; encrypted entries; more than `max_files` entries; declared sizes
-above `max_total`; a per-entry compression ratio above `max_ratio` (zip bombs). While
-extracting, the bytes that really come out are counted too, since headers can lie.
+letters or NUL; names no common file system can hold (a component over 255 bytes, a path over
+1024); the same path twice, or one path both a file and a folder (`a.jpg` and `a.jpg/b.jpg`);
+symlinks; encrypted entries; more than `max_files` entries; declared sizes above `max_total`;
+a per-entry compression ratio above `max_ratio` (zip bombs). While extracting, the bytes that
+really come out are counted too, since headers can lie, and any file-system refusal becomes a
+BadArchive naming the entry. Labels: MOS must be finite and within +-1e12.
 """
 
 import csv
@@ -19,6 +22,9 @@ from service.errors import ServiceError
 
 CHUNK = 1 << 16
 LABEL_COLUMNS = ("filename", "mos")
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX of common file systems)
+MAX_PATH_BYTES = 1024
+MAX_ABS_VALUE = 1e12  # MOS bound, as metaiqa.evaluation.report.MAX_ABS_VALUE (not imported: keeps scipy out of start-up)
 
 
 class BadArchive(ServiceError):
@@ -38,13 +44,22 @@ class ArchiveLimits:
     max_ratio: float = 200.0
 
 
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 80 else name[:60] + "..." + name[-10:])
+
+
 def safe_member_path(name: str) -> PurePosixPath:
-    """The relative path of a zip entry, or BadArchive when it could land outside the target."""
+    """The relative path of a zip entry, or BadArchive when it could land outside the target
+    or could not be created on any common file system (over-long names)."""
     if not name or "\x00" in name or "\\" in name:
-        raise BadArchive(f"unsafe path in archive: {name!r}")
+        raise BadArchive(f"unsafe path in archive: {_shown(name)}")
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        raise BadArchive(f"unsafe path in archive: {name!r}")
+        raise BadArchive(f"unsafe path in archive: {_shown(name)}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise BadArchive(f"path in archive longer than {MAX_PATH_BYTES} bytes: {_shown(name)}")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in p.parts):
+        raise BadArchive(f"a file or folder name in archive path {_shown(name)} is longer than {MAX_NAME_BYTES} bytes")
     return p
 
 
@@ -52,60 +67,89 @@ def _skip(p: PurePosixPath) -> bool:
     return p.parts[0] == "__MACOSX" or p.name.startswith("._") or p.name == ".DS_Store"
 
 
+def _check_entries(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Every entry's path, type and sizes checked before anything is written."""
+    entries = []
+    for info in zf.infolist():
+        p = safe_member_path(info.filename)
+        if info.is_dir() or _skip(p):
+            continue
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise BadArchive(f"archive entry {_shown(info.filename)} is a symbolic link; not allowed")
+        if info.flag_bits & 0x1:
+            raise BadArchive(f"archive entry {_shown(info.filename)} is encrypted")
+        entries.append((info, p))
+        if len(entries) > limits.max_files:
+            raise ArchiveTooLarge(f"archive holds more than {limits.max_files} files")
+    _check_layout([p for _, p in entries])
+    declared = sum(info.file_size for info, _ in entries)
+    if declared > limits.max_total:
+        raise ArchiveTooLarge(f"archive expands to {declared} bytes, more than the limit of {limits.max_total} bytes")
+    for info, _ in entries:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > limits.max_ratio:
+            raise ArchiveTooLarge(
+                f"archive entry {_shown(info.filename)} expands {ratio:.0f}x (limit {limits.max_ratio:.0f}x); "
+                "refusing a likely zip bomb"
+            )
+    return entries
+
+
+def _check_layout(paths: list[PurePosixPath]) -> None:
+    """No path twice, and none both a file and a folder of another entry (`a.jpg`, `a.jpg/b.jpg`)."""
+    files: set[PurePosixPath] = set()
+    for p in paths:
+        if p in files:
+            raise BadArchive(f"archive holds {_shown(str(p))} twice")
+        files.add(p)
+    folders = {parent for p in paths for parent in p.parents if parent != PurePosixPath(".")}
+    clash = sorted(files & folders)
+    if clash:
+        raise BadArchive(f"archive holds {_shown(str(clash[0]))} both as a file and as a folder")
+
+
+def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int, limits: ArchiveLimits) -> int:
+    """Write one entry, counting the bytes that really come out; returns the new running total."""
+    size = 0
+    with zf.open(info) as src, open(target, "xb") as dst:
+        while chunk := src.read(CHUNK):
+            size += len(chunk)
+            written += len(chunk)
+            if size > info.file_size or written > limits.max_total:
+                raise ArchiveTooLarge(
+                    f"archive entry {_shown(info.filename)} expands beyond its declared size or the "
+                    f"total limit of {limits.max_total} bytes"
+                )
+            dst.write(chunk)
+    return written
+
+
 def extract_archive(data: bytes, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[Path]:
-    """Check every entry, then extract the regular files under `dest`; returns their paths."""
+    """Check every entry, then extract the regular files under `dest`; returns their paths.
+
+    Every failure is a BadArchive/ArchiveTooLarge naming the entry (a file system that refuses
+    a name or a path gives BadArchive too, never an unhandled OSError).
+    """
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
         raise BadArchive(f"upload is not a readable zip archive ({exc})") from None
     with zf:
-        entries = []
-        for info in zf.infolist():
-            p = safe_member_path(info.filename)
-            if info.is_dir() or _skip(p):
-                continue
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise BadArchive(f"archive entry {info.filename!r} is a symbolic link; not allowed")
-            if info.flag_bits & 0x1:
-                raise BadArchive(f"archive entry {info.filename!r} is encrypted")
-            entries.append((info, p))
-            if len(entries) > limits.max_files:
-                raise ArchiveTooLarge(f"archive holds more than {limits.max_files} files")
-        declared = sum(info.file_size for info, _ in entries)
-        if declared > limits.max_total:
-            raise ArchiveTooLarge(
-                f"archive expands to {declared} bytes, more than the limit of {limits.max_total} bytes"
-            )
-        for info, _ in entries:
-            ratio = info.file_size / max(info.compress_size, 1)
-            if ratio > limits.max_ratio:
-                raise ArchiveTooLarge(
-                    f"archive entry {info.filename!r} expands {ratio:.0f}x (limit {limits.max_ratio:.0f}x); "
-                    "refusing a likely zip bomb"
-                )
+        entries = _check_entries(zf, limits)
         dest = Path(dest).resolve()
         written, out = 0, []
         for info, p in entries:
-            target = (dest / p).resolve()
-            if not target.is_relative_to(dest):
-                raise BadArchive(f"unsafe path in archive: {info.filename!r}")
-            if target.exists():
-                raise BadArchive(f"archive holds {info.filename!r} twice")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            size = 0
             try:
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    while chunk := src.read(CHUNK):
-                        size += len(chunk)
-                        written += len(chunk)
-                        if size > info.file_size or written > limits.max_total:
-                            raise ArchiveTooLarge(
-                                f"archive entry {info.filename!r} expands beyond its declared size or the "
-                                f"total limit of {limits.max_total} bytes"
-                            )
-                        dst.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as exc:
-                raise BadArchive(f"archive entry {info.filename!r} cannot be read ({exc})") from None
+                target = (dest / p).resolve()
+                if not target.is_relative_to(dest):
+                    raise BadArchive(f"unsafe path in archive: {_shown(info.filename)}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written = _extract_one(zf, info, target, written, limits)
+            except FileExistsError:
+                raise BadArchive(f"archive holds {_shown(info.filename)} twice") from None
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError, RuntimeError) as exc:
+                raise BadArchive(f"archive entry {_shown(info.filename)} cannot be extracted "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
             out.append(target)
         return out
 
@@ -118,42 +162,68 @@ def find_label_file(files: list[Path], root: Path) -> Path:
     return csvs[0]
 
 
-def read_labels(csv_path: Path, root: Path, max_rows: int) -> list[Sample]:
-    """Rows `filename,mos[,group]`; filenames relative to the CSV's folder and inside the archive."""
-    root = root.resolve()
+def _label_path(name: str, csv_path: Path, root: Path, where: str) -> Path:
+    if not name:
+        raise BadArchive(f"{where}: empty filename")
+    rel = safe_member_path(name)
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise BadArchive(f"{csv_path.name}: not a UTF-8 text file ({exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
+        path = (csv_path.parent / rel).resolve()
+        found = path.is_relative_to(root) and path.is_file()
+    except OSError:
+        found = False
+    if not found:
+        raise BadArchive(f"{where}: {_shown(name)} is not a file in the archive")
+    return path
+
+
+def _mos(raw: str, where: str) -> float:
+    try:
+        mos = float(raw)
+    except ValueError:
+        mos = math.nan
+    if not math.isfinite(mos):
+        raise BadArchive(f"{where}: mos {raw[:40]!r} is not a finite number")
+    if abs(mos) > MAX_ABS_VALUE:
+        raise BadArchive(f"{where}: mos {raw[:40]!r} is beyond +-{MAX_ABS_VALUE:g}; rescale the scores")
+    return mos
+
+
+def _label_rows(reader: csv.DictReader, csv_path: Path, root: Path, max_rows: int) -> list[Sample]:
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in LABEL_COLUMNS if c not in header]
     if missing:
-        raise BadArchive(f"{csv_path.name}: missing column(s) {', '.join(missing)}; header is {header}")
+        raise BadArchive(f"{csv_path.name}: missing column(s) {', '.join(missing)}; header is {header[:20]}")
     reader.fieldnames = header
     samples, seen = [], set()
     for line, row in enumerate(reader, start=2):
         if len(samples) >= max_rows:
             raise ArchiveTooLarge(f"{csv_path.name}: more than {max_rows} rows")
+        where = f"{csv_path.name} line {line}"
         name = (row.get("filename") or "").strip()
-        if not name:
-            raise BadArchive(f"{csv_path.name} line {line}: empty filename")
-        rel = safe_member_path(name)
-        path = (csv_path.parent / rel).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            raise BadArchive(f"{csv_path.name} line {line}: {name!r} is not a file in the archive")
+        path = _label_path(name, csv_path, root, where)
         if path in seen:
-            raise BadArchive(f"{csv_path.name} line {line}: {name!r} listed twice")
+            raise BadArchive(f"{where}: {_shown(name)} listed twice")
         seen.add(path)
-        raw = (row.get("mos") or "").strip()
-        try:
-            mos = float(raw)
-        except ValueError:
-            mos = math.nan
-        if not math.isfinite(mos):
-            raise BadArchive(f"{csv_path.name} line {line}: mos {raw!r} is not a finite number")
+        mos = _mos((row.get("mos") or "").strip(), where)
         group = (row.get("group") or "").strip() or None
-        samples.append(Sample(path=path, mos=mos, group=group))
+        content = (row.get("content") or "").strip() or None
+        samples.append(Sample(path=path, mos=mos, group=group, ref_id=content))
+    return samples
+
+
+def read_labels(csv_path: Path, root: Path, max_rows: int) -> list[Sample]:
+    """Rows `filename,mos[,group][,content]`; filenames relative to the CSV's folder and inside the
+    archive. `content` (optional) names the scene an image shows: bootstrap intervals and splits
+    keep a content's images together (without it every image is its own content)."""
+    root = root.resolve()
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise BadArchive(f"{csv_path.name}: not a UTF-8 text file ({exc})") from None
+    try:
+        samples = _label_rows(csv.DictReader(io.StringIO(text)), csv_path, root, max_rows)
+    except csv.Error as exc:
+        raise BadArchive(f"{csv_path.name}: not a readable CSV file ({exc})") from None
     if len(samples) < 3:
         raise BadArchive(f"{csv_path.name}: {len(samples)} labelled images; at least 3 are needed")
     return samples

@@ -5,6 +5,11 @@ Requests that arrive together for the same model are scored in one forward pass 
 model (heatmaps register hooks and need gradients) runs on the same thread as a plain call, so
 the model is never used by two threads at once. A full queue refuses new work immediately
 (`QueueFull` -> 503 + Retry-After) instead of letting latency grow without bound.
+
+Nothing can hang on a dead worker: the worker loop survives any exception (the batch it was
+working on gets it), if the thread still ends abnormally every queued future fails with
+`InferenceUnavailable` and new work is refused, and every await has a timeout
+(`InferenceTimeout`), all 503s.
 """
 
 import asyncio
@@ -14,14 +19,35 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from service.errors import QueueFull
+from service.errors import QueueFull, ServiceError
 
 log = logging.getLogger("service.batching")
+
+#: How long a request waits for the inference thread before giving up (a heatmap of the largest
+#: allowed image takes seconds; this only bounds waits on a thread that is stuck).
+RESULT_TIMEOUT_S = 300.0
+
+
+class InferenceUnavailable(ServiceError):
+    """The inference thread is not running (it died or never started): no request can be served."""
+
+    http_status = 503
+
+
+class InferenceTimeout(ServiceError):
+    """The inference thread did not deliver a result in time."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 @dataclass(eq=False)
@@ -48,9 +74,11 @@ class InferenceQueue:
         retry_after_s: int = 1,
         on_batch: BatchHook | None = None,
         on_reject: Callable[[], None] | None = None,
+        result_timeout_s: float = RESULT_TIMEOUT_S,
     ):
         self.capacity, self.max_batch, self.max_wait_s = capacity, max_batch, max_wait_s
-        self.retry_after_s = retry_after_s
+        self.retry_after_s, self.result_timeout_s = retry_after_s, result_timeout_s
+        self._dead: str | None = None  # why the worker thread ended abnormally
         self._on_batch, self._on_reject = on_batch, on_reject
         self._items: deque[_Item] = deque()
         self._cond = threading.Condition()
@@ -85,6 +113,8 @@ class InferenceQueue:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the service is shutting down", self.retry_after_s)
+            if self._dead is not None:
+                raise InferenceUnavailable(f"the inference worker is not running ({self._dead})")
             if len(self._items) + len(items) > self.capacity:
                 if self._on_reject:
                     self._on_reject()
@@ -114,11 +144,34 @@ class InferenceQueue:
         for i, fut in enumerate(futures):
             fut.add_done_callback(lambda _f, i=i: done_at.__setitem__(i, time.perf_counter()))
         start = time.perf_counter()
-        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        results = await self._wait(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), futures)
         return [(float(s), done_at.get(i, time.perf_counter()) - start) for i, s in enumerate(results)]
 
     async def call(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.wrap_future(self.submit_call(fn))
+        future = self.submit_call(fn)
+        return await self._wait(asyncio.wrap_future(future), [future])
+
+    async def _wait(self, awaitable, futures: list[Future]) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, self.result_timeout_s)
+        except TimeoutError:
+            for f in futures:
+                f.cancel()  # still queued: skipped by the worker; already running: finishes unseen
+            raise InferenceTimeout(
+                f"no result from the inference worker within {self.result_timeout_s:g} s; retry later",
+                self.retry_after_s,
+            ) from None
+
+    def wait_results(self, futures: list[Future]) -> list[Any]:
+        """Blocking version for worker threads (validation jobs): results, or InferenceTimeout."""
+        deadline = time.monotonic() + self.result_timeout_s
+        try:
+            return [f.result(max(0.0, deadline - time.monotonic())) for f in futures]
+        except FutureTimeout:
+            for f in futures:
+                f.cancel()
+            raise InferenceTimeout(f"no result from the inference worker within {self.result_timeout_s:g} s",
+                                   self.retry_after_s) from None
 
     # worker ------------------------------------------------------------------------------
     def _take_batch(self) -> list[_Item] | None:
@@ -145,17 +198,47 @@ class InferenceQueue:
             return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
-                return
-            live = [it for it in batch if it.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            if live[0].call is not None:
-                self._run_call(live[0])
-            else:
-                self._run_scores(live)
+        batch: list[_Item] = []
+        try:
+            while True:
+                batch = self._take_batch() or []
+                if not batch:
+                    return
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # a bug here must not end the thread and hang every request
+                    log.exception("inference worker: unexpected error; failing this batch and carrying on")
+                    self._fail(batch, exc)
+        except BaseException as exc:
+            self._die(f"{type(exc).__name__}: {exc}", batch)
+            raise
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        live = [it for it in batch if it.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        if live[0].call is not None:
+            self._run_call(live[0])
+        else:
+            self._run_scores(live)
+
+    @staticmethod
+    def _fail(items: list[_Item], exc: BaseException) -> None:
+        for it in items:
+            if not it.future.done():
+                try:
+                    if it.future.running() or it.future.set_running_or_notify_cancel():
+                        it.future.set_exception(exc)
+                except Exception:  # InvalidStateError: settled meanwhile
+                    pass
+
+    def _die(self, reason: str, current: list[_Item]) -> None:
+        """The thread is ending abnormally: refuse new work, fail the current batch and everything queued."""
+        with self._cond:
+            self._dead = reason
+            items, self._items = [*current, *self._items], deque()
+        log.error("inference worker died (%s); failing %d waiting item(s)", reason, len(items))
+        self._fail(items, InferenceUnavailable(f"the inference worker stopped ({reason})"))
 
     @staticmethod
     def _run_call(item: _Item) -> None:

@@ -142,12 +142,16 @@ async def request_fields(request: Request, settings: Settings) -> dict[str, Any]
 
 
 async def _json_body(request: Request) -> Any:
+    """The parsed JSON body (once per request); any body json cannot parse is a 422, including
+    nesting deeper than the interpreter's recursion limit and integers over 4300 digits."""
     if not hasattr(request.state, "json_body"):
         raw = await request.body()
         try:
             request.state.json_body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadField(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadField("request body is not valid JSON: nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and int-digit limits are ValueErrors
+            raise BadField(f"request body is not valid JSON: {str(exc)[:200]}") from None
     return request.state.json_body
 
 

@@ -4,6 +4,12 @@ One job thread (so validation never takes more than one core away from scoring);
 `max_pending` jobs queued or running (more -> 429); the oldest finished reports beyond
 `keep` are deleted with their files. Images are scored through the inference queue, in
 micro-batches like any request, so the model is only ever used by the inference thread.
+
+Disk: a job's unpacked input (`JOB/input`) is deleted when the job ends, whatever its outcome,
+so only pending jobs hold inputs and finished ones hold just their report. `max_disk_bytes`
+caps the total: finished reports are evicted oldest first to stay under it, and a new job is
+refused (429) while the jobs still running fill it. Folders are deleted on a cleanup thread,
+never on the event loop. Every read or change of the job table holds the lock.
 """
 
 import datetime as _dt
@@ -43,6 +49,7 @@ class Job:
     n_images: int | None = None
     report: dict[str, Any] | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    disk_bytes: int = 0  # what the job's folder holds (input while pending, report when done)
 
     def public(self, base: str) -> dict[str, Any]:
         links = {"self": f"{base}/v1/reports/{self.id}"}
@@ -61,68 +68,119 @@ class Job:
         }
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (0 when it is gone)."""
+    total = 0
+    for f in Path(path).rglob("*"):
+        try:
+            if f.is_file() and not f.is_symlink():
+                total += f.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 class JobStore:
-    def __init__(self, root: Path, *, max_pending: int, keep: int):
+    def __init__(self, root: Path, *, max_pending: int, keep: int, max_disk_bytes: int | None = None):
         self.root = Path(root)
-        self.max_pending, self.keep = max_pending, keep
+        self.max_pending, self.keep, self.max_disk_bytes = max_pending, keep, max_disk_bytes
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaiqa-validate")
+        self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaiqa-cleanup")
 
-    def pending(self) -> int:
+    def _pending(self) -> int:  # caller holds the lock
         return sum(j.status in ("queued", "running") for j in self._jobs.values())
 
-    def reserve(self, model: str) -> Job:
-        """A new job slot with its own folder, or TooManyJobs when the backlog is full."""
+    def pending(self) -> int:
         with self._lock:
-            if self.pending() >= self.max_pending:
-                raise TooManyJobs(f"{self.pending()} validation jobs already queued or running (limit {self.max_pending})")
+            return self._pending()
+
+    def disk_bytes(self) -> int:
+        with self._lock:
+            return sum(j.disk_bytes for j in self._jobs.values())
+
+    def reserve(self, model: str) -> Job:
+        """A new job slot with its own folder, or TooManyJobs when the backlog or the disk is full."""
+        with self._lock:
+            if self._pending() >= self.max_pending:
+                raise TooManyJobs(f"{self._pending()} validation jobs already queued or running (limit {self.max_pending})")
+            self._evict()
+            busy = sum(j.disk_bytes for j in self._jobs.values() if j.status in ("queued", "running"))
+            if self.max_disk_bytes is not None and busy >= self.max_disk_bytes:
+                raise TooManyJobs(f"validation storage is full: {busy} bytes held by queued/running jobs "
+                                  f"(limit {self.max_disk_bytes}); retry when they finish")
             job_id = str(uuid.uuid4())
             job = Job(job_id, model, self.root / job_id)
             job.dir.mkdir(parents=True)
             self._jobs[job_id] = job
-            self._evict()
             return job
+
+    def set_input_size(self, job: Job, nbytes: int) -> None:
+        with self._lock:
+            job.disk_bytes = int(nbytes)
 
     def start(self, job: Job, work: Callable[[Job], None]) -> None:
         self._pool.submit(self._run, job, work)
 
     def discard(self, job: Job) -> None:
-        """Forget a reserved job whose input turned out to be unusable."""
+        """Forget a reserved job whose input turned out to be unusable (its folder goes in the background)."""
         with self._lock:
             self._jobs.pop(job.id, None)
-        shutil.rmtree(job.dir, ignore_errors=True)
+        self._remove(job.dir)
+
+    def _remove(self, path: Path) -> None:
+        try:
+            self._cleaner.submit(shutil.rmtree, path, ignore_errors=True)
+        except RuntimeError:  # cleaner shut down (service stopping): do it here
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _set_status(self, job: Job, status: str, error: str | None = None) -> None:
+        with self._lock:
+            job.status, job.error = status, error
 
     def _run(self, job: Job, work: Callable[[Job], None]) -> None:
-        job.status = "running"
+        self._set_status(job, "running")
         try:
             work(job)
-            job.status = "done"
+            self._set_status(job, "done")
         except MetaIQAError as exc:
-            job.status, job.error = "failed", str(exc)
+            self._set_status(job, "failed", str(exc))
             log.info("validation job %s failed: %s", job.id, exc)
         except Exception as exc:  # noqa: BLE001  a bug must not kill the job thread
-            job.status, job.error = "failed", f"internal error ({type(exc).__name__})"
+            self._set_status(job, "failed", f"internal error ({type(exc).__name__})")
             log.exception("validation job %s crashed", job.id)
         finally:
-            job.finished = _now()
+            shutil.rmtree(job.dir / "input", ignore_errors=True)  # whatever the outcome (job thread, not the loop)
+            size = folder_bytes(job.dir)
             with self._lock:
+                job.finished, job.disk_bytes = _now(), size
                 self._evict()
 
     def _evict(self) -> None:
+        """Drop finished jobs beyond `keep`, then oldest first while over the disk limit (lock held)."""
         finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]
-        for job in finished[: max(0, len(finished) - self.keep)]:
+        drop = finished[: max(0, len(finished) - self.keep)]
+        used = sum(j.disk_bytes for j in self._jobs.values()) - sum(j.disk_bytes for j in drop)
+        for job in finished[len(drop):]:
+            if self.max_disk_bytes is None or used <= self.max_disk_bytes:
+                break
+            drop.append(job)
+            used -= job.disk_bytes
+        for job in drop:
             self._jobs.pop(job.id, None)
-            shutil.rmtree(job.dir, ignore_errors=True)
+            self._remove(job.dir)
 
     def get(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
+        with self._lock:
+            job = self._jobs.get(job_id)
         if job is None:
             raise ReportNotFound(f"no report with id {job_id!r} (unknown, or dropped after newer reports)")
         return job
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._cleaner.shutdown(wait=True)
 
 
 class ServiceStopping(MetaIQAError):
@@ -139,4 +197,4 @@ def score_through_queue(queue, scorer, images: list, retry_s: float = 0.05) -> l
             break
         except QueueFull:
             time.sleep(retry_s)
-    return [float(f.result()) for f in futures]
+    return [float(v) for v in queue.wait_results(futures)]

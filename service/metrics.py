@@ -156,6 +156,9 @@ class ServiceMetrics:
         self.images = r.add(Counter("metaiqa_images_scored", "images scored", ("model",)))
         self.batch_size = r.add(Histogram("metaiqa_batch_size", "images per model forward pass", BATCH_BUCKETS))
         self.rejected = r.add(Counter("metaiqa_queue_rejections", "requests refused because the queue was full"))
+        self.client_aborts = r.add(
+            Counter("metaiqa_client_aborts", "requests abandoned by the client before its body arrived (status 499)")
+        )
 
     def add_gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         self.registry.add(CallbackGauge(name, doc, fn))

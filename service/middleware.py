@@ -4,13 +4,24 @@ The limit is checked against Content-Length before any byte is read, and then th
 actually arrive are counted (chunked uploads, lying headers): past the limit the body is cut
 off and the client gets 413, whatever the route was doing with it. Metrics are labelled by the
 route template (`/v1/reports/{report_id}`), never the raw path, to keep their number bounded.
+
+A client that goes away before its body has arrived (disconnect mid-upload; a malformed
+chunked body, which the server answers with 400 and then reports as a disconnect) is not a
+server error: it is logged in one line, counted as status 499 ("client closed request", as
+nginx does) and in `metaiqa_client_aborts_total`, and nothing is sent.
 """
 
 import json
+import logging
 import time
 from collections.abc import Callable
 
+from starlette.requests import ClientDisconnect
+
 from service.metrics import ServiceMetrics
+
+log = logging.getLogger("service.middleware")
+CLIENT_CLOSED = 499
 
 Scope = dict
 ASGIApp = Callable
@@ -30,6 +41,16 @@ async def _send_json(send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _is_client_abort(exc: BaseException, state: dict) -> bool:
+    """The app failed because the client left: ClientDisconnect (maybe inside an exception
+    group), or anything raised after the server told us the client is gone, before a response."""
+    if isinstance(exc, ClientDisconnect):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_client_abort(e, state) for e in exc.exceptions)
+    return bool(state["disconnected"]) and not state["sent"]
 
 
 class LimitAndMeasure:
@@ -57,13 +78,19 @@ class LimitAndMeasure:
         self.metrics.requests.inc(route=template, method=scope.get("method", ""), status=str(status))
         self.metrics.latency.observe(time.perf_counter() - started, route=template)
 
+    def _client_aborted(self, scope: Scope, state: dict, started: float, exc: BaseException) -> None:
+        log.info("%s %s: client disconnected after %d body bytes (%s); request abandoned",
+                 scope.get("method", ""), scope.get("path", ""), state["received"], type(exc).__name__)
+        self.metrics.client_aborts.inc()
+        self._record(scope, CLIENT_CLOSED, started)
+
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         limit = self.limit_for(scope.get("path", ""))
-        state = {"status": 500, "sent": False, "received": 0, "too_large": False}
+        state = {"status": 500, "sent": False, "received": 0, "too_large": False, "disconnected": False}
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
@@ -82,7 +109,9 @@ class LimitAndMeasure:
 
         async def limited_receive():
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.disconnect":
+                state["disconnected"] = True
+            elif message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > limit:
                     state["too_large"] = True
@@ -101,9 +130,12 @@ class LimitAndMeasure:
             await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
             pass
-        except Exception:
-            self._record(scope, 500, started)
-            raise
+        except Exception as exc:
+            if not _is_client_abort(exc, state):
+                self._record(scope, 500, started)
+                raise
+            self._client_aborted(scope, state, started, exc)
+            return
         if state["too_large"] and not state["sent"]:
             await _send_json(send, 413, f"request body exceeds the limit of {limit} bytes")
             state["status"] = 413

@@ -28,6 +28,13 @@ class GateResponse(BaseModel):
     results: list[GateItem]
 
 
+def _short(value) -> str:
+    """A value for an error message, bounded (repr/str of a huge integer would itself fail)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    return (value if isinstance(value, str) else repr(value))[:40]
+
+
 def choose_threshold(threshold, policy, settings: Settings) -> tuple[float, str | None]:
     """An explicit threshold, a named policy from settings, or the configured default."""
     if threshold is not None and policy is not None:
@@ -43,8 +50,8 @@ def choose_threshold(threshold, policy, settings: Settings) -> tuple[float, str 
         return settings.default_threshold, None
     try:
         t = float(threshold)
-    except (TypeError, ValueError):
-        raise BadField(f"threshold {str(threshold)[:40]!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
+        raise BadField(f"threshold {_short(threshold)!r} is not a number") from None
     if not math.isfinite(t) or not 0.0 <= t <= 1.0:
         raise BadField(f"threshold {t} is outside [0, 1]")
     return t, None
@@ -66,8 +73,9 @@ async def gate(
     threshold = threshold if threshold is not None else fields.get("threshold")
     policy = policy if policy is not None else fields.get("policy")
     t, policy = choose_threshold(threshold, policy, settings)
-    scored = await score_uploads(uploads, served, queue, state)
-    results = [GateItem(**item.model_dump(), passed=item.score >= t) for item in scored]
+    scored = await score_uploads(uploads, served, queue, state, raw=True)
+    # compare the raw score, as `metaiqa gate` does (the reported one is rounded to 6 decimals)
+    results = [GateItem(**item.model_dump(), passed=raw >= t) for item, raw in scored]
     failures = sum(not r.passed for r in results)
     return GateResponse(
         model=served.name, threshold=t, policy=policy, passed=failures == 0, failures=failures, results=results

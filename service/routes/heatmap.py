@@ -4,6 +4,7 @@ from enum import StrEnum
 from typing import Annotated
 from urllib.parse import quote
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -84,7 +85,7 @@ async def heatmap(
             media_type="image/png",
             headers={"X-Score": f"{score:.6f}", "X-Model": quote(served.name), "X-Heatmap-Method": method.value},
         )
-    grid = downsample(heat, settings.heatmap_grid)
+    grid = await anyio.to_thread.run_sync(downsample, heat, settings.heatmap_grid)  # the map can be large
     return HeatmapResponse(
         model=served.name,
         filename=item.filename,

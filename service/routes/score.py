@@ -24,13 +24,17 @@ class ScoreResponse(BaseModel):
     results: list[ScoreItem]
 
 
-async def score_uploads(uploads, served, queue, state) -> list[ScoreItem]:
-    """Decode + score through the batching queue; latency is per image, decode to result."""
+async def score_uploads(uploads, served, queue, state, *, raw: bool = False) -> list:
+    """Decode + score through the batching queue; latency is per image, decode to result.
+
+    Items carry the score rounded to 6 decimals; `raw=True` gives [(item, unrounded score)]
+    for callers that compare against a threshold.
+    """
     start = time.perf_counter()
     decoded = await decode_uploads(uploads, served, state)
     decode_s = time.perf_counter() - start
     scored = await queue.scores(served.scorer, [d.image for d in decoded])
-    return [
+    items = [
         ScoreItem(
             filename=d.filename,
             score=round(s, 6),
@@ -40,6 +44,7 @@ async def score_uploads(uploads, served, queue, state) -> list[ScoreItem]:
         )
         for d, (s, wait) in zip(decoded, scored, strict=True)
     ]
+    return list(zip(items, (s for s, _ in scored), strict=True)) if raw else items
 
 
 @router.post("/score", response_model=ScoreResponse, openapi_extra=IMAGE_UPLOAD)

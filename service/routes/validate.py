@@ -68,7 +68,9 @@ def _server_samples(spec: str, settings: Settings) -> list[Sample]:
     return samples
 
 
-def _unpack(data: bytes, job: Job, settings: Settings) -> list[Sample]:
+def _unpack(data: bytes, job: Job, state) -> list[Sample]:
+    """Extract and read the labels (job thread); the job's disk use is recorded as it grows."""
+    settings: Settings = state.settings
     root = job.dir / "input"
     root.mkdir()
     limits = ArchiveLimits(
@@ -76,7 +78,9 @@ def _unpack(data: bytes, job: Job, settings: Settings) -> list[Sample]:
         max_total=settings.validate_max_uncompressed_bytes,
         max_ratio=settings.validate_max_ratio,
     )
+    state.jobs.set_input_size(job, len(data))
     files = extract_archive(data, root, limits)
+    state.jobs.set_input_size(job, sum(f.stat().st_size for f in files))
     return read_labels(find_label_file(files, root.resolve()), root, settings.validate_max_files)
 
 
@@ -140,12 +144,12 @@ async def validate(request: Request, served: ModelDep, state: State, settings: S
     try:
         if archive is not None:
             data = await archive.read()
-            samples = await anyio.to_thread.run_sync(_unpack, data, job, settings)
+            samples = await anyio.to_thread.run_sync(_unpack, data, job, state)
             input_root = (job.dir / "input").resolve()
         else:
             input_root = None
     except BaseException:
-        state.jobs.discard(job)
+        state.jobs.discard(job)  # the folder is removed on the cleanup thread, not here
         raise
     state.jobs.start(job, _make_work(state, served, samples, splits, seed, input_root))
     base = str(request.base_url).rstrip("/")
