@@ -66,6 +66,18 @@ def job_disk_limit(settings: Settings) -> int:
             + settings.validate_keep_reports * REPORT_DISK_ALLOWANCE)
 
 
+def _add_gauges(metrics: ServiceMetrics, state: ServiceState) -> None:
+    metrics.add_gauge("metaiqa_queue_depth", "images waiting for the inference thread", lambda: state.queue.depth if state.queue else 0)
+    metrics.add_gauge("metaiqa_models_loaded", "models loaded", lambda: len(state.models.models))
+    metrics.add_gauge(
+        "metaiqa_validation_jobs_pending", "validation jobs queued or running", lambda: state.jobs.pending() if state.jobs else 0
+    )
+    metrics.add_gauge(
+        "metaiqa_validation_disk_bytes", "bytes held by validation inputs and kept reports",
+        lambda: state.jobs.disk_bytes() if state.jobs else 0,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A service instance; nothing heavy happens until the lifespan starts (uvicorn / TestClient)."""
     settings = settings or load_settings()
@@ -103,15 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = state
-    metrics.add_gauge("metaiqa_queue_depth", "images waiting for the inference thread", lambda: state.queue.depth if state.queue else 0)
-    metrics.add_gauge("metaiqa_models_loaded", "models loaded", lambda: len(state.models.models))
-    metrics.add_gauge(
-        "metaiqa_validation_jobs_pending", "validation jobs queued or running", lambda: state.jobs.pending() if state.jobs else 0
-    )
-    metrics.add_gauge(
-        "metaiqa_validation_disk_bytes", "bytes held by validation inputs and kept reports",
-        lambda: state.jobs.disk_bytes() if state.jobs else 0,
-    )
+    _add_gauges(metrics, state)
     install_error_handlers(app)
 
     def body_limit(path: str) -> int:

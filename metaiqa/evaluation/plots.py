@@ -101,25 +101,12 @@ th:first-child,td:first-child{text-align:left}thead th{background:#f4f4f4}
 """
 
 
-def render_html(report: dict[str, Any], png: bytes | None) -> str:
-    """One self-contained HTML page for `report` with the scatter plot inlined."""
+def _overall_section(report: dict[str, Any]) -> list[str]:
+    """Raw metrics with their intervals, after-fit PLCC/RMSE, and the fit's status."""
     esc = html.escape
     ov = report.get("overall") or {}
     ci = report.get("ci") or {}
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             "<title>metaiqa validation report</title>", f"<style>{CSS}</style></head><body>",
-             "<h1>metaiqa validation report</h1>"]
-    model = report.get("model") or {}
-    if not isinstance(model, dict):  # callers may store just the model's name
-        model = {"name": str(model)}
-    meta = [f"{len(report.get('per_group') or {})} groups", f"n = {report.get('n')}",
-            f"{report.get('n_contents')} contents"]
-    if model:
-        arch = f" ({model['architecture']})" if model.get("architecture") else ""
-        meta.insert(0, f"model {model.get('name')}{arch}")
-    parts.append(f"<p class='meta'>{esc(' · '.join(str(x) for x in meta))}</p>")
-
-    parts.append("<h2>Overall</h2>")
+    parts = ["<h2>Overall</h2>"]
     rows = [
         ("SROCC", ov.get("srocc"), _ci(ci.get("srocc")), "(rank: unchanged by the fit)"),
         ("KRCC", ov.get("krcc"), _ci(ci.get("krcc")), "(rank: unchanged by the fit)"),
@@ -136,6 +123,26 @@ def render_html(report: dict[str, Any], png: bytes | None) -> str:
     if lgst.get("fit_ok") is False:
         parts.append(f"<p class='meta'><strong>No logistic fit</strong> (after-fit values n/a): "
                      f"{esc(str(lgst.get('reason') or 'the fit failed'))}.</p>")
+    return parts
+
+
+def render_html(report: dict[str, Any], png: bytes | None) -> str:
+    """One self-contained HTML page for `report` with the scatter plot inlined."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>metaiqa validation report</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>metaiqa validation report</h1>"]
+    model = report.get("model") or {}
+    if not isinstance(model, dict):  # callers may store just the model's name
+        model = {"name": str(model)}
+    meta = [f"{len(report.get('per_group') or {})} groups", f"n = {report.get('n')}",
+            f"{report.get('n_contents')} contents"]
+    if model:
+        arch = f" ({model['architecture']})" if model.get("architecture") else ""
+        meta.insert(0, f"model {model.get('name')}{arch}")
+    parts.append(f"<p class='meta'>{esc(' · '.join(str(x) for x in meta))}</p>")
+
+    parts += _overall_section(report)
 
     sp = report.get("splits")
     if sp:
