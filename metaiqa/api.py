@@ -49,7 +49,11 @@ class ImageFileNotFound(UnreadableFile, FileNotFoundError):
 
 
 class Heatmap(NamedTuple):
-    """`Model.heatmap`'s answer: `heat` (float32 HxW in [0, 1], the image's size) and the score."""
+    """`Model.heatmap`'s answer: `heat` (float32 HxW in [0, 1], the image's size) and the score.
+
+    `heat` is in score units for method `views` (fixed scale), relative to the image for
+    `gradient` and `gradcam` (see `Model.heatmap`).
+    """
 
     heat: np.ndarray
     score: float
@@ -224,24 +228,40 @@ class Model:
             return self._score_all(list(x), crops, batch_size, indexed=True)
         return self._score_all([x], crops, batch_size, indexed=False)[0]
 
-    def heatmap(self, x: Any, *, method: str = "gradient") -> Heatmap:
-        """Where the score is sensitive in ONE input: `Heatmap(heat, score)`.
+    def heatmap(self, x: Any, *, method: str | None = None) -> Heatmap:
+        """Where the damage is / where the score is sensitive in ONE input: `Heatmap(heat, score)`.
 
         `heat` is a float32 array with the input's height x width (after EXIF orientation), in
-        [0, 1]. `method="gradient"` (default, the MetaIQA paper's map): |d score / d pixel|,
-        smoothed, divided by its own 99th percentile, so 1 marks this image's most sensitive
-        pixels and values are relative within one image (not comparable between images).
-        It shows where a change of pixels would move the score most, not where damage is:
-        smooth regions light up, busy texture stays dark. `method="gradcam"`: Grad-CAM of the
-        last ResNet stage, coarser (32-pixel grid), divided by its maximum. See
-        metaiqa/inference/heatmap.py; `overlay_png(image, heat)` there draws it over a photo.
+        [0, 1]; `score` is the input's score, computed from the views the map explains (equal
+        to `score(x)` for arrays and PIL images; files are decoded at full resolution here).
+        `method=None` picks `views` for whole-image ("views" policy) models, else `gradient`.
+
+        - `views`: local scores. Each pixel holds the model's own score for the views covering
+          it, on the FIXED 0-1 score scale (0 bad .. 1 good; drawn red .. blue): comparable
+          between images, a pristine photo stays high, a damaged region is low.
+        - `gradient` (the MetaIQA paper's map): |d score / d pixel|, smoothed, divided by its own
+          99th percentile: RELATIVE, 1 marks this image's most sensitive pixels. It shows where
+          a change of pixels would move the score most, not where damage is.
+        - `gradcam`: Grad-CAM of the last ResNet stage, coarser, divided by its maximum (relative).
+
+        For "views" models all three run on the same viewing scale and views that produce the
+        score. See metaiqa/inference/heatmap.py; `overlay_png(image, heat, method=..., score=...)`
+        there draws the map over the photo with a colour bar and the score.
         """
+        from metaiqa.inference.heatmap import check_method, explain
+
         if isinstance(x, list | tuple):
             raise UnsupportedInput(f"heatmap takes one input, got a {type(x).__name__} of {len(x)}")
+        if method is not None:
+            check_method(method)
         label = _label(x, None)
         image = self._full_image(x, label)
-        score = self._score_arrays([image], [label], None, 1)[0]  # also refuses what the policy cannot score
-        return Heatmap(self._heat(image, method), score)
+        try:
+            self.scorer.check(image)  # refuse what the policy cannot score, naming the input
+            result = explain(self.scorer.model, image, self.scorer.preprocess, method, crops=self.scorer.crops)
+        except MetaIQAError as exc:
+            raise _named(exc, label) from None
+        return Heatmap(result.heat, result.score)
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -349,21 +369,3 @@ class Model:
                         raise _named(culprit, label) from None
                 raise exc
         return out
-
-    def _heat(self, image: np.ndarray, method: str) -> np.ndarray:
-        """compute_heatmap, plus the "views" policy: the whole image at the model's viewing scale."""
-        from metaiqa.inference.heatmap import compute_heatmap
-
-        pre = self.scorer.preprocess
-        if pre.get("policy") != "views":
-            return compute_heatmap(self.scorer.model, image, pre, method)
-        from PIL import Image
-
-        from metaiqa.data.transforms import to_viewing_scale
-
-        seen = to_viewing_scale(image, int(pre.get("scale", 384)), int(pre.get("size", 224)))
-        heat = compute_heatmap(self.scorer.model, seen, {"policy": "native"}, method)
-        h, w = image.shape[:2]
-        if heat.shape != (h, w):
-            heat = np.asarray(Image.fromarray(heat, "F").resize((w, h), Image.Resampling.BILINEAR))
-        return np.clip(heat, 0.0, 1.0).astype(np.float32)

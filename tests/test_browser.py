@@ -112,6 +112,8 @@ def test_page_scores_an_uploaded_image(server, tmp_path):
                 timeout=30_000,
             )
             assert page.eval_on_selector("#heatmap", "i => i.naturalWidth") == 120
+            assert page.eval_on_selector("#method", "s => s.value") == "views"  # local scores by default
+            assert "fixed 0–1 score scale" in page.inner_text("#heatmap-caption")
             assert "done" in page.inner_text("#status")
             assert not errors, errors
             page.screenshot(path=str(Path(os.environ.get("METAIQA_SCREENSHOT_DIR", tmp_path)) / "page.png"))

@@ -110,17 +110,18 @@ def test_score_csv_and_table_and_glob(capsys, ckpt, images):
 
 def test_score_writes_heatmaps(capsys, ckpt, images, tmp_path):
     out_dir = tmp_path / "heat"
-    for method in ("gradient", "gradcam"):
+    for method in ("gradient", "gradcam", "views", None):
+        flag = [] if method is None else ["--heatmap-method", method]
         code, out, _ = run(
             capsys, "score", images / "b.png", images / "sub", "--model", ckpt, "--format", "json",
-            "--heatmap-dir", out_dir, "--heatmap-method", method,
+            "--heatmap-dir", out_dir, *flag,
         )  # fmt: skip
         assert code == 0
         for r in json.loads(out):
-            png = Image.open(r["heatmap"])
-            assert png.format == "PNG" and png.size == (r["width"], r["height"])
-            assert r["heatmap"].endswith(f".{method}.png")
-    assert len(list(out_dir.glob("*.png"))) == 6
+            png = Image.open(r["heatmap"])  # the image, then a legend strip (colour bar, score) below it
+            assert png.format == "PNG" and png.width == r["width"] and png.height > r["height"]
+            assert r["heatmap"].endswith(f".{method or 'gradient'}.png")  # gradient: centre-crop default
+    assert len(list(out_dir.glob("*.png"))) == 9
 
 
 def test_model_by_name_and_clear_errors(capsys, ckpt, images):

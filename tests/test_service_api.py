@@ -176,8 +176,9 @@ def test_heatmap_png_overlay(client, png):
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/png"
     img = Image.open(io.BytesIO(r.content))
-    assert img.size == (96, 96)
+    assert img.width == 96 and img.height > 96  # the legend strip (colour bar, score) below the image
     assert 0 <= float(r.headers["x-score"]) <= 1 and r.headers["x-model"] == "tiny"
+    assert r.headers["x-heatmap-method"] == "gradient" and r.headers["x-heatmap-scale"] == "relative"
 
 
 def test_heatmap_errors(client, png):

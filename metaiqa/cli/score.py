@@ -114,12 +114,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_args(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output on stdout")
-    p.add_argument("--heatmap-dir", type=Path, metavar="DIR", help="also write a heat-map overlay PNG per image")
+    p.add_argument(
+        "--heatmap-dir", type=Path, metavar="DIR",
+        help="also write a heat-map overlay PNG per image (NAME.METHOD.png; a colour bar and the score below it)",
+    )  # fmt: skip
     p.add_argument(
         "--heatmap-method",
-        choices=("gradient", "gradcam"),
-        default="gradient",
-        help="gradient: |d score/d pixel| as in the MetaIQA paper (default, pixel-sharp); gradcam: coarser",
+        choices=("views", "gradient", "gradcam"),
+        default=None,
+        help="views: local scores on the fixed 0-1 scale, red = bad, blue = good (default for whole-image "
+        "models); gradient: |d score/d pixel|, relative to each image (default for centre-crop models); "
+        "gradcam: coarser, relative",
     )
     p.set_defaults(func=cmd_score)
 
@@ -232,11 +237,16 @@ def _problem_rows(problems: list[tuple[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
-def _write_heatmaps(scorer, rows: list[dict[str, Any]], out_dir: Path, method: str) -> None:
+def _write_heatmaps(
+    scorer, rows: list[dict[str, Any]], out_dir: Path, method: str | None, crops: int | None = None
+) -> None:
+    """An overlay PNG per scored row; the score drawn on it comes from the views the map explains."""
+    from metaiqa.errors import InvalidInput
     from metaiqa.inference.decode import DecodeError, read_image_file
-    from metaiqa.inference.heatmap import compute_heatmap, overlay_png
+    from metaiqa.inference.heatmap import default_method, explain, overlay_png
     from metaiqa.models.checkpoint import atomic_write_bytes
 
+    method = method or default_method(scorer.preprocess)
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for row in rows:
@@ -250,10 +260,10 @@ def _write_heatmaps(scorer, rows: list[dict[str, Any]], out_dir: Path, method: s
         used.add(name)
         try:
             image = read_image_file(row["path"], scorer.limits)
-            heat = compute_heatmap(scorer.model, image, scorer.preprocess, method)
-            atomic_write_bytes(out_dir / name, overlay_png(image, heat))
+            res = explain(scorer.model, image, scorer.preprocess, method, crops=crops or scorer.crops)
+            atomic_write_bytes(out_dir / name, overlay_png(image, res.heat, method=method, score=res.score))
             row["heatmap"] = str(out_dir / name)
-        except (DecodeError, OSError) as exc:  # file changed since scoring, or the folder is not writable
+        except (DecodeError, InvalidInput, OSError) as exc:  # file changed since scoring, or the folder is not writable
             log.warning("no heatmap for %s: %s", row["path"], _describe(exc))
 
 
@@ -301,7 +311,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     scorer = _load_scorer(args)
     rows = _problem_rows(problems) + _score_rows(scorer, paths, args)
     if args.heatmap_dir is not None:
-        _write_heatmaps(scorer, rows, args.heatmap_dir, args.heatmap_method)
+        _write_heatmaps(scorer, rows, args.heatmap_dir, args.heatmap_method, args.crops)
     for r in rows:
         r.pop("_raw", None)
     _print_scores(rows, args.format, scorer.name)

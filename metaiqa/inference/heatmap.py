@@ -1,34 +1,52 @@
-"""Where in the image the score comes from: input-gradient maps, Grad-CAM, PNG overlays.
+"""Where in the image the score comes from: local-score maps, input-gradient maps, Grad-CAM.
 
-Default method: `gradient` -- |d score / d pixel|, maximum over colour channels, Gaussian-
-smoothed, normalised to [0, 1]. It is the visualisation of the MetaIQA paper, it works for
-every model (no layer to pick), and it has pixel resolution, which matters for quality:
-distortions such as noise, blocking or a blurred patch are local and small, and Grad-CAM
-at ResNet-18's last stage sees the image on a 32-pixel grid. `gradcam` (second method) is
-smoother and coarser: the stage-4 activations weighted by their mean gradient.
+`explain(model, image, preprocess, method)` returns a `HeatmapResult`: `heat` (float32, the
+image's height x width, in [0, 1]), the image's `score` (equal to `Scorer.score_arrays` for the
+same pixels), the method and how many model views the map was computed from. Three methods:
 
-Read the gradient map as SENSITIVITY: where a change of the pixels would move the score
-most. With the MSCN front end ((I - mu) / (sigma + c)) smooth regions light up and already
-noisy or textured regions are dark (contrast masking: a further change there is hard to
-see), which tests/test_heatmap.py checks. It is not a defect detector; Grad-CAM ("which
-regions' features carry the score") localises a distorted region more directly on an
-untrained tiny model, but at a 32-pixel grid on ResNet-18.
+`views` (the default for whole-image "views" models): WHERE IS THE DAMAGE, in score units. The
+model scores local views of its own input size over the image, and each pixel shows the mean
+score of the views that cover it, on the FIXED 0-1 scale of the score itself (0 = bad, drawn
+red; 1 = good, drawn blue; nothing is normalised, so a pristine photo stays blue, a ruined one
+turns red, and two maps compare directly). The views: for the "views" policy, the image at the
+viewing scale (short side `scale`) with the policy's own grid of `size`-square views, refined
+by the midpoints between neighbours (stride <= size/2); the policy's views are among them, and
+the score is their mean (the same forward). For `center_crop` (and `native`) models, `size`
+crops over the image at native resolution, on the same refined grid; for `resize`, the image
+with short side `size`. At most `MAX_LOCAL_VIEWS` (64) views: a larger grid keeps an even
+subset per axis, and pixels no view covers then take the nearest covered pixel's value. The
+resolution is the stride (~size/2 of the working image: a 512x384 viewing frame gives a 5x3
+grid of 224-pixel views), so small defects show as a lower score of the views around them.
 
-What the maps are computed on: the model is fully convolutional up to a global pooling, so
-both methods run it on the WHOLE image (not just the centre crop the center_crop policy
-scores), at native pixel scale for `center_crop`/`native` and through the differentiable
-resize for `resize` -- so every region gets a value and the map lines up with the original
-image. Images longer than `max_side` are first downscaled (memory), and the map is scaled back.
+`gradient` (the default for other policies, the MetaIQA paper's map): |d score / d pixel|, max
+over colour channels, Gaussian-smoothed, divided by its own 99th percentile: RELATIVE, 1 marks
+this image's most sensitive pixels, not comparable between images. Read it as sensitivity
+(where a change would move the score most), not as damage: with the MSCN front end smooth
+regions light up and noisy or textured regions stay dark (contrast masking; tested).
+`gradcam`: Grad-CAM of the last ResNet stage (stage-4 activations weighted by their mean
+gradient), divided by its maximum: relative too, coarse (a 32-pixel grid on ResNet-18).
 
-Both differentiate the pre-sigmoid logit (same map after normalisation as the score, since
-d sigmoid = s(1-s) d logit is one factor, but no saturation underflow). Neither accumulates
-parameter gradients nor changes the model, so a shared serving model is safe to use.
-No matplotlib: the colour map is a small table here.
+What gradient and Grad-CAM are computed on: for the "views" policy, the SAME views that
+produce the score (same viewing scale, same boxes); each view's map is placed back at its box,
+averaged where views overlap, then upsampled to the original image (pixels outside every view
+of a panorama over the `max_views` cap stay 0: the score does not depend on them). The score
+is the mean of those views' scores, from that forward. For center_crop/native the model (fully convolutional
+up to a global pooling) runs on the WHOLE image at native scale (through the differentiable
+resize for `resize`), so every region gets a value: that map explains the whole-image forward,
+while the score shown with it is the policy's (the centre crop). Such images longer than
+`max_side` are downscaled first (memory) and the map is scaled back.
+
+Both differentiate the score (the mean of the views' sigmoid outputs: each view's logit
+gradient times its s (1 - s), computed in float64 so a saturated score does not underflow to
+a blank map), in chunks of `VIEW_BATCH` views (a view's gradient depends only on itself).
+Nothing accumulates parameter gradients or changes the model, so a shared serving model is safe
+to use. Colours, legend and PNG: metaiqa.inference.overlay (numpy + Pillow; no matplotlib).
 """
 
-import io
+import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,16 +55,66 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from metaiqa.data.transforms import resize_short_side, to_tensor
+from metaiqa.data.transforms import image_views, resize_short_side, to_tensor, to_viewing_scale, view_boxes
 from metaiqa.errors import InvalidInput
+from metaiqa.inference.overlay import colorize, overlay_png
 
-METHODS = ("gradient", "gradcam")
+__all__ = [
+    "DEFAULT_MAX_SIDE", "LEGENDS", "MAX_LOCAL_VIEWS", "METHODS", "HeatmapResult", "UnknownHeatmapMethod",
+    "check_method", "coarse_grid", "colorize", "compute_heatmap", "default_method", "explain", "find_cam_layer",
+    "gradcam_heatmap", "gradient_heatmap", "local_boxes", "overlay_png", "policy_score", "views_heatmap",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+METHODS = ("views", "gradient", "gradcam")
+#: The method of the policies other than "views" (see `default_method`).
 DEFAULT_METHOD = "gradient"
 DEFAULT_MAX_SIDE = 1024
+#: At most this many local views for a `views` map (64 x 3.6 GFLOP on ResNet-18 at 224).
+MAX_LOCAL_VIEWS = 64
+#: Views per forward (and backward) pass: bounds memory on large images.
+VIEW_BATCH = 8
+#: Long side of the canvas a `views` map is painted on (then resized to the image).
+_CANVAS = 1024
+
+#: What each method's map shows; the README, the page and the overlay say the same.
+LEGENDS = {
+    "views": "local score: each region shows the model's own score for the views covering it, on the fixed "
+    "0-1 score scale (red = 0, bad; yellow = 0.5; blue = 1, good); comparable between images",
+    "gradient": "sensitivity |d score / d pixel|, relative to this image (red = its most sensitive pixels): "
+    "where a change would move the score most, not where damage is; not comparable between images",
+    "gradcam": "Grad-CAM of the last stage, relative to this image (red = the regions carrying the score most); "
+    "coarse; not comparable between images",
+}
 
 
 class UnknownHeatmapMethod(InvalidInput):
     """A heatmap method name that is not one of METHODS."""
+
+
+@dataclass(frozen=True)
+class HeatmapResult:
+    """A map and the score it is shown with (the Scorer's score for the same pixels)."""
+
+    heat: np.ndarray  # float32, image height x width, in [0, 1]
+    score: float
+    method: str
+    views: int  # model views the map was computed from (1: one whole-image forward)
+
+    @property
+    def scale(self) -> str:
+        """`absolute` (views: score units, fixed) or `relative` (normalised within this image)."""
+        return "absolute" if self.method == "views" else "relative"
+
+    @property
+    def legend(self) -> str:
+        return LEGENDS[self.method]
+
+
+def default_method(preprocess: Mapping[str, Any]) -> str:
+    """`views` for whole-image ("views" policy) models, `gradient` for the others."""
+    return "views" if preprocess.get("policy") == "views" else DEFAULT_METHOD
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -55,38 +123,134 @@ def _check_image(image: np.ndarray) -> None:
         raise InvalidInput(f"expected a uint8 HxWx3 RGB array, got {desc}")
 
 
-def _working_input(image: np.ndarray, max_side: int) -> torch.Tensor:
-    """(3, h, w) float tensor of the image, downscaled so its long side is at most `max_side`."""
-    _check_image(image)
-    if max_side < 32:
-        raise InvalidInput(f"max_side must be >= 32, got {max_side}")
-    x = to_tensor(image)
-    h, w = x.shape[-2:]
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-    return x
+def check_method(method: str) -> str:
+    """`method` itself if it is one of METHODS, else UnknownHeatmapMethod (an InvalidInput)."""
+    if method not in METHODS:
+        raise UnknownHeatmapMethod(f"unknown heatmap method {method!r}; choose from {', '.join(METHODS)}")
+    return method
 
 
-def _model_view(leaf: torch.Tensor, preprocess: Mapping[str, Any]) -> torch.Tensor:
-    """The whole image as the model should see it (see module docstring), batched, differentiable."""
+class _EvalMode:
+    """Run the model in eval mode, restoring its previous mode afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> nn.Module:
+        if self.was_training:
+            self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_training:
+            self.model.train()
+
+
+# --- geometry: the working frame and its views -------------------------------------------------
+
+
+def _resized_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _short_side_uint8(image: np.ndarray, short: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    f = short / min(h, w)
+    return _resized_uint8(image, max(short, round(h * f)), max(short, round(w * f)))
+
+
+def _local_frame(image: np.ndarray, preprocess: Mapping[str, Any]) -> tuple[np.ndarray, int]:
+    """(uint8 working image, view size) the `views` map is computed on (see module docstring)."""
     policy = preprocess.get("policy", "center_crop")
+    size = int(preprocess.get("size", 224))
+    if policy == "views":
+        return to_viewing_scale(image, int(preprocess.get("scale", 384)), size), size
     if policy == "resize":
-        return resize_short_side(leaf, int(preprocess.get("size", 224)))[None]
+        return _short_side_uint8(image, size), size
     if policy in ("center_crop", "native"):
-        return leaf[None]
-    raise InvalidInput(f"unknown preprocess policy {policy!r} (center_crop, resize, native)")
+        return (image if min(image.shape[:2]) >= size else _short_side_uint8(image, size)), size
+    raise InvalidInput(f"unknown preprocess policy {policy!r} (views, center_crop, resize, native)")
 
 
-def _logit(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    fn = getattr(model, "logits", None)
-    return (fn(x) if callable(fn) else model(x)).sum()
+def _policy_boxes(scaled: np.ndarray, preprocess: Mapping[str, Any]) -> list[tuple[int, int]]:
+    size = int(preprocess.get("size", 224))
+    return view_boxes(scaled.shape[0], scaled.shape[1], size, int(preprocess.get("max_views", 16)))
 
 
-def _resize_map(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def _refine(positions: list[int]) -> list[int]:
+    """The positions plus the midpoints between neighbours."""
+    mids = [int(round((a + b) / 2)) for a, b in zip(positions, positions[1:], strict=False)]
+    return sorted(set(positions) | set(mids))
+
+
+def _subset(positions: list[int], k: int) -> list[int]:
+    if k >= len(positions):
+        return positions
+    if k == 1:
+        return [positions[len(positions) // 2]]
+    return sorted({positions[i] for i in np.linspace(0, len(positions) - 1, k).round().astype(int)})
+
+
+def local_boxes(height: int, width: int, size: int, limit: int = MAX_LOCAL_VIEWS) -> list[tuple[int, int]]:
+    """(top, left) of the `views` map's local views on a height x width frame (both >= size).
+
+    The "views" policy's covering grid (`view_boxes`, uncapped) plus the midpoints between
+    neighbouring positions along each axis (stride <= size / 2); over `limit` views, an even
+    subset of positions per axis, keeping the grid's aspect.
+    """
+    if limit < 1:
+        raise InvalidInput(f"limit must be >= 1, got {limit}")
+    grid = view_boxes(height, width, size, max_views=height * width)
+    tops, lefts = _refine(sorted({t for t, _ in grid})), _refine(sorted({lf for _, lf in grid}))
+    if len(tops) * len(lefts) > limit:
+        rows = int(np.clip(round(np.sqrt(limit * len(tops) / len(lefts))), 1, len(tops)))
+        cols = int(np.clip(limit // rows, 1, len(lefts)))
+        rows = int(np.clip(limit // cols, 1, len(tops)))
+        tops, lefts = _subset(tops, rows), _subset(lefts, cols)
+    return [(t, lf) for t in tops for lf in lefts]
+
+
+def _crops(pixels: np.ndarray, boxes: list[tuple[int, int]], size: int) -> torch.Tensor:
+    """(n, 3, size, size) float views cut from a uint8 frame (as `whole_image_views` cuts them)."""
+    crops = np.stack([pixels[t : t + size, lf : lf + size] for t, lf in boxes])
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# --- painting views back onto the frame ---------------------------------------------------------
+
+
+def _fill_nearest(heat: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import distance_transform_edt  # lazy: only heatmaps need scipy
+
+    idx = distance_transform_edt(missing, return_distances=False, return_indices=True)
+    return heat[tuple(idx)]
+
+
+def _paint(
+    values: list[Any], boxes: list[tuple[int, int]], size: int, shape: tuple[int, int], *,
+    factor: float = 1.0, fill: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """Per pixel of a `shape` frame (drawn at `factor` of it): the mean of the values of the views
+    covering it (a value is a scalar, or a size x size map when factor is 1). Pixels no view
+    covers are 0 (gradients: the score does not depend on them) or, with `fill`, take the
+    nearest covered pixel's value (local scores on a sparse grid)."""
+    h, w = max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
+    sums, counts = np.zeros((h, w)), np.zeros((h, w))
+    for value, (t, lf) in zip(values, boxes, strict=True):
+        t0, l0 = round(t * factor), round(lf * factor)
+        t1, l1 = min(h, max(t0 + 1, round((t + size) * factor))), min(w, max(l0 + 1, round((lf + size) * factor)))
+        sums[t0:t1, l0:l1] += value
+        counts[t0:t1, l0:l1] += 1
+    heat = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return _fill_nearest(heat, counts == 0) if fill and not counts.all() else heat
+
+
+def _resize_map(heat: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    heat = torch.as_tensor(np.ascontiguousarray(heat) if isinstance(heat, np.ndarray) else heat)
     if tuple(heat.shape[-2:]) != tuple(size):
-        heat = F.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        heat = F.interpolate(heat[None, None].double(), size=size, mode="bilinear", align_corners=False)[0, 0]
     return heat.detach().double().numpy()
 
 
@@ -109,50 +273,228 @@ def _gaussian_blur(heat: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(heat, sigma=sigma, mode="reflect")
 
 
-class _EvalMode:
-    """Run the model in eval mode, restoring its previous mode afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> nn.Module:
-        if self.was_training:
-            self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        if self.was_training:
-            self.model.train()
+# --- scores -------------------------------------------------------------------------------------
 
 
-def gradient_heatmap(
-    model: nn.Module,
-    image: np.ndarray,
-    preprocess: Mapping[str, Any],
-    *,
-    sigma: float | None = None,
-    max_side: int = DEFAULT_MAX_SIDE,
-    percentile: float = 99.0,
-) -> np.ndarray:
-    """|d score / d input pixels|, max over channels, smoothed, in [0, 1], shape = image HxW.
+def _view_scores(model: nn.Module, pixels: np.ndarray, boxes: list[tuple[int, int]], size: int) -> np.ndarray:
+    """float64 score of each view, `VIEW_BATCH` views per forward."""
+    out = []
+    with _EvalMode(model), torch.inference_mode():
+        for start in range(0, len(boxes), VIEW_BATCH):
+            out.append(model(_crops(pixels, boxes[start : start + VIEW_BATCH], size)).reshape(-1).double())
+    return torch.cat(out).numpy()
 
-    `sigma` (pixels of the working image) defaults to max(1.5, short side / 100): enough to
-    merge the stride-2 checkerboard of the first convolutions, small enough to stay local.
+
+def policy_score(model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], crops: int = 1) -> float:
+    """The image's score as `Scorer.score_arrays` computes it (mean over the policy's views)."""
+    views = image_views(image, preprocess, crops)
+    with _EvalMode(model), torch.inference_mode():
+        out = torch.cat([model(chunk).reshape(-1).double() for chunk in views.split(VIEW_BATCH)])
+    return float(out.mean())
+
+
+def views_heatmap(
+    model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], *, crops: int = 1,
+    limit: int = MAX_LOCAL_VIEWS,
+) -> HeatmapResult:  # fmt: skip
+    """The `views` map: local view scores on the fixed 0-1 scale (see module docstring)."""
+    _check_image(image)
+    pixels, size = _local_frame(image, preprocess)
+    local = local_boxes(pixels.shape[0], pixels.shape[1], size, limit)
+    own = _policy_boxes(pixels, preprocess) if preprocess.get("policy") == "views" else []
+    boxes = list(dict.fromkeys(local + own))
+    scores = dict(zip(boxes, _view_scores(model, pixels, boxes, size), strict=True))
+    if own:
+        score = float(np.mean([scores[b] for b in own]))
+    else:
+        score = policy_score(model, image, preprocess, crops)
+    factor = min(1.0, _CANVAS / max(pixels.shape[:2]))
+    heat = _paint([scores[b] for b in local], local, size, pixels.shape[:2], factor=factor, fill=True)
+    heat = np.clip(_resize_map(heat, image.shape[:2]), 0.0, 1.0).astype(np.float32)
+    log.debug("views map: %d local views of %d px on %s", len(local), size, pixels.shape[:2])
+    return HeatmapResult(heat, score, "views", len(local))
+
+
+# --- gradients over views (the "views" policy) --------------------------------------------------
+
+
+def _cam_hook(layer: nn.Module | None, captured: list[torch.Tensor]):
+    if layer is None:
+        return None
+    owner = threading.get_ident()
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if threading.get_ident() == owner:  # a concurrent forward in another thread is not ours
+            captured.append(output[0] if isinstance(output, tuple | list) else output)
+
+    return layer.register_forward_hook(hook)
+
+
+def _chunk_maps(target: torch.Tensor, leaf: torch.Tensor, captured: list, layer: nn.Module | None) -> torch.Tensor:
+    """One chunk's per-view maps: |d target / d input| (n, s, s), or the signed CAM (n, h', w')."""
+    if layer is None:
+        grad = torch.autograd.grad(target, leaf, allow_unused=True)[0] if target.requires_grad else None
+        return torch.zeros(leaf.shape[0], *leaf.shape[2:]) if grad is None else grad.abs().amax(dim=1)
+    if not captured:
+        raise InvalidInput(f"Grad-CAM layer {type(layer).__name__} was not used by the forward pass")
+    acts = captured[-1]
+    (grads,) = torch.autograd.grad(target, acts)
+    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1).detach()
+
+
+def _differentiable(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(what to differentiate per view, the views' scores, d score / d that per view).
+
+    The pre-sigmoid logit when the model has `logits` (its forward is sigmoid(logits)): the
+    sigmoid's own backward underflows to 0 once a score rounds to 1.0 in float32, so the factor
+    s (1 - s) is applied afterwards, computed in float64 from the logit without underflow.
     """
-    h0, w0 = image.shape[:2] if isinstance(image, np.ndarray) else (0, 0)
+    fn = getattr(model, "logits", None)
+    if not callable(fn):
+        out = model(x).reshape(-1)
+        return out, out.detach().double(), torch.ones(out.shape[0], dtype=torch.float64)
+    logit = fn(x).reshape(-1)
+    e = torch.exp(-logit.detach().double().abs())
+    return logit, torch.sigmoid(logit.detach()).double(), e / (1 + e) ** 2
+
+
+def _backprop_views(
+    model: nn.Module, pixels: np.ndarray, boxes: list[tuple[int, int]], size: int, layer: nn.Module | None = None
+) -> tuple[float, torch.Tensor]:
+    """(mean score of the views, per-view maps of d mean score): input gradients, or CAMs of `layer`."""
+    captured: list[torch.Tensor] = []
+    handle = _cam_hook(layer, captured)
+    total, maps = 0.0, []
+    try:
+        with _EvalMode(model), torch.inference_mode(False), torch.enable_grad():
+            for start in range(0, len(boxes), VIEW_BATCH):
+                captured.clear()
+                leaf = _crops(pixels, boxes[start : start + VIEW_BATCH], size).requires_grad_(True)
+                out, scores, factor = _differentiable(model, leaf)
+                total += float(scores.sum())
+                chunk = _chunk_maps(out.sum(), leaf, captured, layer).double()
+                maps.append(chunk * (factor / len(boxes))[:, None, None])
+    finally:
+        if handle is not None:
+            handle.remove()
+    return total / len(boxes), torch.cat(maps)
+
+
+def _views_gradient(model, image, preprocess, sigma, percentile) -> tuple[np.ndarray, float, int]:
+    pixels, size = _local_frame(image, preprocess)
+    boxes = _policy_boxes(pixels, preprocess)
+    score, maps = _backprop_views(model, pixels, boxes, size)
+    heat = _paint(list(maps.numpy()), boxes, size, pixels.shape[:2])
+    heat = _gaussian_blur(heat, float(max(1.5, min(heat.shape) / 100) if sigma is None else sigma))
+    return _normalise(_resize_map(heat, image.shape[:2]), percentile), score, len(boxes)
+
+
+def _views_gradcam(model, image, preprocess, layer, sign) -> tuple[np.ndarray, float, int]:
+    pixels, size = _local_frame(image, preprocess)
+    boxes = _policy_boxes(pixels, preprocess)
+    score, cams = _backprop_views(model, pixels, boxes, size, layer)
+    cams = _signed(cams, sign)
+    cams = F.interpolate(cams[:, None].double(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    heat = _paint(list(cams.numpy()), boxes, size, pixels.shape[:2])
+    return _normalise(_resize_map(heat, image.shape[:2]), 100.0), score, len(boxes)
+
+
+def _signed(cam: torch.Tensor, sign: str) -> torch.Tensor:
+    return cam.abs() if sign == "abs" else cam.clamp_min(0) if sign == "positive" else (-cam).clamp_min(0)
+
+
+# --- gradients over the whole image (center_crop, resize, native) -------------------------------
+
+
+def _working_input(image: np.ndarray, max_side: int) -> torch.Tensor:
+    """(3, h, w) float tensor of the image, downscaled so its long side is at most `max_side`."""
+    if max_side < 32:
+        raise InvalidInput(f"max_side must be >= 32, got {max_side}")
+    x = to_tensor(image)
+    h, w = x.shape[-2:]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return x
+
+
+def _model_view(leaf: torch.Tensor, preprocess: Mapping[str, Any]) -> torch.Tensor:
+    """The whole image as the model should see it (see module docstring), batched, differentiable."""
+    policy = preprocess.get("policy", "center_crop")
+    if policy == "resize":
+        return resize_short_side(leaf, int(preprocess.get("size", 224)))[None]
+    if policy in ("center_crop", "native"):
+        return leaf[None]
+    raise InvalidInput(f"unknown preprocess policy {policy!r} (views, center_crop, resize, native)")
+
+
+def _whole_gradient(model, image, preprocess, sigma, max_side, percentile) -> np.ndarray:
     x = _working_input(image, max_side)
     with _EvalMode(model), torch.inference_mode(False), torch.enable_grad():
         leaf = x.detach().clone().requires_grad_(True)
-        score = _logit(model, _model_view(leaf, preprocess))
+        score = _differentiable(model, _model_view(leaf, preprocess))[0].sum()
         grad = torch.autograd.grad(score, leaf, allow_unused=True)[0] if score.requires_grad else None
     if grad is None:  # the score does not depend on the pixels at all
         grad = torch.zeros_like(x)
     heat = grad.abs().amax(dim=0).double().numpy()
-    if sigma is None:
-        sigma = max(1.5, min(heat.shape) / 100)
-    heat = _gaussian_blur(heat, float(sigma))
-    heat = _resize_map(torch.from_numpy(np.ascontiguousarray(heat)), (h0, w0))
-    return _normalise(heat, percentile)
+    heat = _gaussian_blur(heat, float(max(1.5, min(heat.shape) / 100) if sigma is None else sigma))
+    return _normalise(_resize_map(heat, image.shape[:2]), percentile)
+
+
+def _whole_gradcam(model, image, preprocess, layer, sign, max_side) -> np.ndarray:
+    x = _working_input(image, max_side)
+    captured: list[torch.Tensor] = []
+    handle = _cam_hook(layer, captured)
+    try:
+        with _EvalMode(model), torch.inference_mode(False), torch.enable_grad():
+            leaf = x.detach().clone().requires_grad_(True)  # activations carry a graph even if weights are frozen
+            score = _differentiable(model, _model_view(leaf, preprocess))[0].sum()
+            cam = _chunk_maps(score, leaf, captured, layer)[0]
+    finally:
+        handle.remove()
+    return _normalise(_resize_map(_signed(cam, sign).double(), image.shape[:2]), 100.0)
+
+
+# --- public entry points ------------------------------------------------------------------------
+
+
+def _gradient(model, image, preprocess, *, sigma=None, max_side=DEFAULT_MAX_SIDE, percentile=99.0):
+    """(heat, score or None, views): over the policy's views for "views", else the whole image."""
+    _check_image(image)
+    if preprocess.get("policy") == "views":
+        return _views_gradient(model, image, preprocess, sigma, percentile)
+    return _whole_gradient(model, image, preprocess, sigma, max_side, percentile), None, 1
+
+
+def _gradcam(model, image, preprocess, *, layer=None, sign="abs", max_side=DEFAULT_MAX_SIDE):
+    _check_image(image)
+    if sign not in ("abs", "positive", "negative"):
+        raise InvalidInput(f"sign must be 'abs', 'positive' or 'negative', got {sign!r}")
+    layer = find_cam_layer(model) if layer is None else layer
+    if preprocess.get("policy") == "views":
+        return _views_gradcam(model, image, preprocess, layer, sign)
+    return _whole_gradcam(model, image, preprocess, layer, sign, max_side), None, 1
+
+
+def gradient_heatmap(model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], **kw: Any) -> np.ndarray:
+    """|d score / d input pixels|, max over channels, smoothed, in [0, 1] (relative), shape = image HxW.
+
+    Keywords: `sigma` (pixels of the working image; default max(1.5, short side / 100): merges
+    the stride-2 checkerboard of the first convolutions, stays local), `max_side` (whole-image
+    policies), `percentile` (99: the value mapped to 1).
+    """
+    return _gradient(model, image, preprocess, **kw)[0]
+
+
+def gradcam_heatmap(model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], **kw: Any) -> np.ndarray:
+    """Grad-CAM on the last ResNet stage, upsampled to image HxW, in [0, 1] (relative to its max).
+
+    `sign`: "abs" (default; influence in either direction, like the gradient map), "positive"
+    (classic Grad-CAM ReLU: regions pushing the score up) or "negative" (pulling it down);
+    `layer` (default `find_cam_layer`), `max_side` (whole-image policies).
+    """
+    return _gradcam(model, image, preprocess, **kw)[0]
 
 
 def find_cam_layer(model: nn.Module) -> nn.Module:
@@ -166,83 +508,38 @@ def find_cam_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def gradcam_heatmap(
+def explain(
     model: nn.Module,
     image: np.ndarray,
     preprocess: Mapping[str, Any],
+    method: str | None = None,
     *,
-    layer: nn.Module | None = None,
-    sign: str = "abs",
-    max_side: int = DEFAULT_MAX_SIDE,
-) -> np.ndarray:
-    """Grad-CAM on the last ResNet stage, upsampled to image HxW, in [0, 1].
+    crops: int = 1,
+    **kw: Any,
+) -> HeatmapResult:
+    """The map of `method` (None: `default_method(preprocess)`) and the image's score.
 
-    sign: "abs" (default; influence in either direction, like the gradient map), "positive"
-    (classic Grad-CAM ReLU: regions pushing the score up) or "negative" (pulling it down).
+    `crops` is the Scorer's (center_crop policy) so the score matches it; `kw` go to the method
+    (views: `limit`; gradient: `sigma`, `max_side`, `percentile`; gradcam: `layer`, `sign`, `max_side`).
     """
-    if sign not in ("abs", "positive", "negative"):
-        raise InvalidInput(f"sign must be 'abs', 'positive' or 'negative', got {sign!r}")
-    h0, w0 = image.shape[:2] if isinstance(image, np.ndarray) else (0, 0)
-    x = _working_input(image, max_side)
-    layer = find_cam_layer(model) if layer is None else layer
-    owner = threading.get_ident()
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        if threading.get_ident() == owner:  # a concurrent forward in another thread is not ours
-            captured.append(output[0] if isinstance(output, tuple | list) else output)
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with _EvalMode(model), torch.inference_mode(False), torch.enable_grad():
-            leaf = x.detach().clone().requires_grad_(True)  # so activations carry a graph even if weights are frozen
-            score = _logit(model, _model_view(leaf, preprocess))
-            if not captured:
-                raise InvalidInput(f"Grad-CAM layer {type(layer).__name__} was not used by the forward pass")
-            acts = captured[-1]
-            (grads,) = torch.autograd.grad(score, acts)
-    finally:
-        handle.remove()
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = (weights * acts).sum(dim=1)[0].detach()
-    cam = cam.abs() if sign == "abs" else cam.clamp_min(0) if sign == "positive" else (-cam).clamp_min(0)
-    heat = _resize_map(cam.double(), (h0, w0))
-    return _normalise(heat, 100.0)
+    method = check_method(default_method(preprocess) if method is None else method)
+    if method == "views":
+        return views_heatmap(model, image, preprocess, crops=crops, **kw)
+    fn = _gradient if method == "gradient" else _gradcam
+    heat, score, n = fn(model, image, preprocess, **kw)
+    if score is None:
+        score = policy_score(model, image, preprocess, crops)
+    return HeatmapResult(heat, float(score), method, n)
 
 
 def compute_heatmap(
-    model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], method: str = DEFAULT_METHOD, **kw: Any
+    model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], method: str | None = None, **kw: Any
 ) -> np.ndarray:
-    """Dispatch by method name ("gradient" | "gradcam") for the CLI and the service."""
-    if method == "gradient":
-        return gradient_heatmap(model, image, preprocess, **kw)
-    if method == "gradcam":
-        return gradcam_heatmap(model, image, preprocess, **kw)
-    raise UnknownHeatmapMethod(f"unknown heatmap method {method!r}; choose from {', '.join(METHODS)}")
-
-
-# A turbo-like map (dark blue -> cyan -> green -> yellow -> red): readable over photos.
-_STOPS = np.array([0.0, 0.15, 0.35, 0.5, 0.65, 0.85, 1.0])
-_COLOURS = np.array(
-    [
-        [0.19, 0.07, 0.23],
-        [0.25, 0.45, 0.95],
-        [0.10, 0.80, 0.80],
-        [0.40, 0.95, 0.35],
-        [0.95, 0.85, 0.20],
-        [0.98, 0.45, 0.10],
-        [0.60, 0.03, 0.02],
-    ]
-)
-_LUT = (
-    np.stack([np.interp(np.linspace(0, 1, 256), _STOPS, _COLOURS[:, c]) for c in range(3)], axis=1) * 255
-).round().astype(np.uint8)
-
-
-def colorize(heat: np.ndarray) -> np.ndarray:
-    """HxW values in [0, 1] -> uint8 HxWx3 colours (values outside are clipped, NaN -> 0)."""
-    idx = (np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float64)), 0, 1) * 255).round().astype(np.intp)
-    return _LUT[idx]
+    """Just the map of `explain` (same methods and defaults; no separate score forward)."""
+    method = check_method(default_method(preprocess) if method is None else method)
+    if method == "views":
+        return views_heatmap(model, image, preprocess, **kw).heat
+    return (_gradient if method == "gradient" else _gradcam)(model, image, preprocess, **kw)[0]
 
 
 def coarse_grid(heat: np.ndarray, cells: int = 32) -> np.ndarray:
@@ -252,20 +549,3 @@ def coarse_grid(heat: np.ndarray, cells: int = 32) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
     out = (min(cells, t.shape[-2]), min(cells, t.shape[-1]))
     return F.adaptive_avg_pool2d(t, out)[0, 0].numpy()
-
-
-def overlay_png(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> bytes:
-    """PNG bytes of the image with the colour-mapped heat blended on top (heat resized if needed)."""
-    _check_image(image)
-    heat = np.asarray(heat, dtype=np.float32)
-    if heat.ndim != 2:
-        raise InvalidInput(f"heat must be a 2-D array, got shape {heat.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise InvalidInput(f"alpha must be in [0, 1], got {alpha}")
-    h, w = image.shape[:2]
-    if heat.shape != (h, w):
-        heat = np.asarray(Image.fromarray(heat, "F").resize((w, h), Image.Resampling.BILINEAR))
-    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(heat).astype(np.float32)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(blend, 0, 255).round().astype(np.uint8), "RGB").save(buf, "PNG")
-    return buf.getvalue()

@@ -1,4 +1,11 @@
-"""POST /v1/heatmap: where the model sees damage, as a PNG overlay or a JSON grid."""
+"""POST /v1/heatmap: where the model sees damage, as a PNG overlay or a JSON grid.
+
+Methods (metaiqa/inference/heatmap.py): `views` (the default for whole-image models): local
+view scores on the fixed 0-1 score scale (red = bad, blue = good); `gradient` (the default for
+centre-crop models) and `gradcam`: sensitivity maps normalised within the image (relative).
+The score answered with a map is the Scorer's score for that image, from the views the map
+explains; the PNG carries a colour bar and that score below the image.
+"""
 
 from enum import StrEnum
 from typing import Annotated
@@ -19,14 +26,29 @@ router = APIRouter(tags=["heatmap"])
 
 
 class Method(StrEnum):
+    views = "views"
     gradient = "gradient"
     gradcam = "gradcam"
+
+
+class Scale(StrEnum):
+    absolute = "absolute"
+    relative = "relative"
+
+
+METHOD_HELP = (
+    "views (local scores on the fixed 0-1 scale; default for whole-image models), gradient "
+    "(|d score/d pixel|, relative; default for centre-crop models) or gradcam (coarse, relative)"
+)
 
 
 class HeatmapResponse(BaseModel):
     model: str
     filename: str
     method: Method
+    scale: Scale
+    legend: str
+    views: int
     score: float
     width: int
     height: int
@@ -61,10 +83,10 @@ async def heatmap(
     queue: QueueDep,
     state: State,
     settings: SettingsDep,
-    method: Annotated[Method, Query(description="gradient (default, as in the MetaIQA paper) or gradcam")] = Method.gradient,
+    method: Annotated[Method | None, Query(description=METHOD_HELP)] = None,
 ):
     """One image -> its score and heat map (`Accept: image/png` -> overlay PNG, else JSON grid)."""
-    from metaiqa.inference.heatmap import compute_heatmap, overlay_png
+    from metaiqa.inference.heatmap import explain, overlay_png
 
     if len(uploads) != 1:
         raise TooManyImages(f"heatmap takes exactly one image, got {len(uploads)}")
@@ -73,23 +95,24 @@ async def heatmap(
     png = _wants_png(request)
 
     def work():
-        heat = compute_heatmap(scorer.model, item.image, scorer.preprocess, method.value)
-        score = float(scorer.score_arrays([item.image])[0])
-        return heat, score, (overlay_png(item.image, heat) if png else None)
+        res = explain(scorer.model, item.image, scorer.preprocess, method, crops=scorer.crops)
+        return res, (overlay_png(item.image, res.heat, method=res.method, score=res.score) if png else None)
 
-    heat, score, overlay = await queue.call(work)
+    res, overlay = await queue.call(work)
+    score = res.score
     state.metrics.scores.observe(score, model=served.name)
     if png:
-        return Response(
-            overlay,
-            media_type="image/png",
-            headers={"X-Score": f"{score:.6f}", "X-Model": quote(served.name), "X-Heatmap-Method": method.value},
-        )
-    grid = await anyio.to_thread.run_sync(downsample, heat, settings.heatmap_grid)  # the map can be large
+        headers = {"X-Score": f"{score:.6f}", "X-Model": quote(served.name), "X-Heatmap-Method": res.method,
+                   "X-Heatmap-Scale": res.scale, "X-Heatmap-Views": str(res.views)}  # fmt: skip
+        return Response(overlay, media_type="image/png", headers=headers)
+    grid = await anyio.to_thread.run_sync(downsample, res.heat, settings.heatmap_grid)  # the map can be large
     return HeatmapResponse(
         model=served.name,
         filename=item.filename,
-        method=method,
+        method=Method(res.method),
+        scale=Scale(res.scale),
+        legend=res.legend,
+        views=res.views,
         score=round(score, 6),
         width=item.width,
         height=item.height,

@@ -23,6 +23,19 @@ async function errorText(resp) {
   }
 }
 
+// What each heatmap shows: the same words as the README and metaiqa/inference/heatmap.py LEGENDS.
+const HEATMAP_CAPTIONS = {
+  views:
+    "Local scores: each region shows the model's own score for the views covering it, on the fixed 0–1 " +
+    "score scale (red = 0, bad; yellow = 0.5; blue = 1, good); comparable between images.",
+  gradient:
+    "Sensitivity |∂score/∂pixel|, relative to this image (red = its most sensitive pixels): where a change " +
+    "would move the score most, not where damage is; not comparable between images.",
+  gradcam:
+    "Grad-CAM of the last stage, relative to this image (red = the regions carrying the score most); " +
+    "coarse; not comparable between images.",
+};
+
 function policyText(pre) {
   if (!pre || !pre.policy) return "";
   if (pre.policy === "views") return `whole image at ${pre.scale ?? 384} px short side, ${pre.size ?? 224}² views`;
@@ -73,6 +86,7 @@ function objectUrl(blob) {
 
 async function analyse(file) {
   if (!file) return;
+  state.file = file;
   releaseUrls();
   const model = $("model").value;
   const query = model ? `?model=${encodeURIComponent(model)}` : "";
@@ -117,8 +131,7 @@ async function analyse(file) {
     return;
   }
   $("heatmap").src = objectUrl(await heatResp.blob());
-  $("heatmap-caption").textContent =
-    method === "gradient" ? "Heatmap: |∂score/∂pixel| (red = most influential)" : "Heatmap: Grad-CAM on the last stage (red = most influential)";
+  $("heatmap-caption").textContent = HEATMAP_CAPTIONS[heatResp.headers.get("X-Heatmap-Method") || method] || "Heatmap";
   setStatus(`done: ${file.name}`);
 }
 
@@ -143,6 +156,7 @@ function setupDrop() {
   $("file").addEventListener("change", (e) => analyse(e.target.files[0]));
   $("apikey").addEventListener("change", loadModels);
   $("model").addEventListener("change", showModelDescription);
+  $("method").addEventListener("change", () => analyse(state.file));
 }
 
 setupDrop();
