@@ -75,6 +75,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
         _fsync_dir(path.parent)
 
 
+class OutputNotWritable(MetaIQAError):
+    """An output folder the user named cannot be created or written (a file in its place, no permission)."""
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create folder `path` (and parents) and prove a file can be written in it, before any work.
+
+    Raises OutputNotWritable naming `what` (e.g. "--out") and the reason: a file in its place, a
+    parent that is a file, no permission, a read-only file system.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputNotWritable(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = _open_temp(path / "write-test")
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritable(f"{what} {path} is not a writable folder ({exc.strerror or exc})") from None
+    return path
+
+
+def rescue_dir(prefix: str) -> Path:
+    """A new private folder for results that could not be written where the user asked:
+    under ~/.cache/metaiqa/rescued if possible, else the system temp folder."""
+    import tempfile
+
+    for base in (Path.home() / ".cache" / "metaiqa" / "rescued", Path(tempfile.gettempdir())):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        except OSError:
+            continue
+    raise OutputNotWritable(f"no writable folder for rescued results (tried ~/.cache/metaiqa/rescued and {tempfile.gettempdir()})")
+
+
 def json_bytes(obj: Any) -> bytes:
     """The canonical way metaiqa writes JSON files: indented, sorted keys, trailing newline."""
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from metaiqa import __version__
 from service.batching import InferenceQueue
 from service.deps import ServiceState, require_api_key
-from service.errors import install_error_handlers
+from service.errors import error_responses, install_error_handlers
 from service.jobs import JobStore
 from service.metrics import ServiceMetrics
 from service.middleware import LimitAndMeasure
@@ -133,7 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         LimitAndMeasure, limit_for=body_limit, metrics=metrics, template_of=template_of, fixed_path=fixed_path
     )
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    # every /v1 route: a bad Content-Length (400), the API key (401), the streamed body limit (413)
+    # and field validation (422) answer {"detail": "..."}; routes add their own statuses
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=error_responses(400, 401, 413, 422))
     for module in (score, heatmap, gate, validate, models):
         v1.include_router(module.router)
         templates.update({id(r): "/v1" + r.path for r in module.router.routes})

@@ -109,20 +109,31 @@ class InferenceQueue:
         return len(self._items)
 
     # submission --------------------------------------------------------------------------
+    def _refuse_unless_room(self, n: int, why: str = "") -> None:
+        """(Holding the lock) QueueFull / InferenceUnavailable unless `n` more items fit now."""
+        if self._stopping:
+            raise QueueFull("the service is shutting down", self.retry_after_s)
+        if self._dead is not None:
+            raise InferenceUnavailable(f"the inference worker is not running ({self._dead})")
+        if len(self._items) + n > self.capacity:
+            self.reject(f"inference queue full ({len(self._items)} waiting, capacity {self.capacity}, "
+                        f"this request needs {n}){why}; retry later")
+
+    def reject(self, message: str) -> None:
+        """Count a refusal (on_reject) and raise QueueFull with Retry-After."""
+        if self._on_reject:
+            self._on_reject()
+        raise QueueFull(message, self.retry_after_s)
+
+    def check_room(self) -> None:
+        """Admission before a request's body is read: QueueFull (503 + Retry-After) when the queue
+        is already full, so a saturated service refuses without receiving or decoding the upload."""
+        with self._cond:
+            self._refuse_unless_room(1, ", refused before reading the upload")
+
     def _put(self, items: list[_Item]) -> None:
         with self._cond:
-            if self._stopping:
-                raise QueueFull("the service is shutting down", self.retry_after_s)
-            if self._dead is not None:
-                raise InferenceUnavailable(f"the inference worker is not running ({self._dead})")
-            if len(self._items) + len(items) > self.capacity:
-                if self._on_reject:
-                    self._on_reject()
-                raise QueueFull(
-                    f"inference queue full ({len(self._items)} waiting, capacity {self.capacity}, "
-                    f"this request needs {len(items)}); retry later",
-                    self.retry_after_s,
-                )
+            self._refuse_unless_room(len(items))
             self._items.extend(items)
             self._cond.notify_all()
 

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ class ServiceState:
     queue: InferenceQueue | None = None
     jobs: Any = None  # service.jobs.JobStore
     decode_limiter: anyio.CapacityLimiter | None = None
+    admitted: int = 0  # image requests past `admit` and not finished (event loop only, no lock needed)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -91,6 +93,24 @@ def get_queue(state: State) -> InferenceQueue:
 
 
 QueueDep = Annotated[InferenceQueue, Depends(get_queue)]
+
+
+async def admit(state: State) -> AsyncIterator[None]:
+    """Route dependency of the image routes, resolved before the body is read: under saturation
+    (inference queue full, or `max_pending_requests` image requests already being received,
+    decoded or scored) answer 503 + Retry-After at once instead of after the upload and decode."""
+    queue = state.queue
+    if queue is not None:
+        queue.check_room()
+        limit = state.settings.max_pending_requests or state.settings.queue_size
+        if state.admitted >= limit:
+            queue.reject(f"{state.admitted} image requests in progress (limit {limit}), "
+                         "refused before reading the upload; retry later")
+    state.admitted += 1
+    try:
+        yield
+    finally:
+        state.admitted -= 1
 
 
 # ---------------------------------------------------------------------------- uploads
@@ -207,13 +227,7 @@ class Decoded:
 
 
 def _decode_for(scorer, data: bytes, full_resolution: bool):
-    from metaiqa.inference.decode import decode
-
-    if full_resolution:  # heatmaps draw on the image as uploaded
-        out = decode(data, scorer.limits)
-        scorer.check(out.pixels)
-        return out
-    return scorer.decode(data)
+    return scorer.decode(data, full_resolution=full_resolution)  # heatmaps draw on the image as uploaded
 
 
 async def decode_uploads(

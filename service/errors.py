@@ -7,10 +7,12 @@ with an opaque id that is also in the log, and the service keeps serving.
 
 import logging
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metaiqa.errors import MetaIQAError
@@ -87,6 +89,31 @@ class Unauthorized(ServiceError):
     def __init__(self, message: str):
         super().__init__(message)
         self.headers = {"WWW-Authenticate": 'Bearer realm="metaiqa", charset="UTF-8"'}
+
+
+class ErrorBody(BaseModel):
+    """Every error answer, 4xx and 5xx alike (422 included: not FastAPI's list of validation errors)."""
+
+    detail: str = Field(description="what was wrong, in one line (names the field, value or limit)")
+
+
+_WHEN = {
+    400: "malformed request (e.g. an invalid Content-Length header)",
+    401: "missing or wrong API key",
+    403: "feature disabled on this server",
+    404: "unknown model, report or job",
+    409: "report not ready yet",
+    413: "body, image or pixel count over a limit, or too many images",
+    415: "not an accepted image format or content type",
+    422: "invalid field, unreadable or corrupt image, image the model's policy refuses",
+    429: "too many validation jobs; see Retry-After",
+    503: "saturated (queue full; see Retry-After) or no model loaded",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status documented with the body `error_response` sends."""
+    return {s: {"model": ErrorBody, "description": _WHEN[s]} for s in statuses}
 
 
 def status_of(exc: BaseException) -> int:

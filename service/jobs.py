@@ -100,6 +100,13 @@ class JobStore:
         with self._lock:
             return sum(j.disk_bytes for j in self._jobs.values())
 
+    def check_room(self) -> None:
+        """TooManyJobs (429 + Retry-After) when the backlog is full: called before an upload is read."""
+        with self._lock:
+            if self._pending() >= self.max_pending:
+                raise TooManyJobs(f"{self._pending()} validation jobs already queued or running "
+                                  f"(limit {self.max_pending}); refused before reading the upload")
+
     def reserve(self, model: str) -> Job:
         """A new job slot with its own folder, or TooManyJobs when the backlog or the disk is full."""
         with self._lock:

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0, description="how long the worker waits to fill a micro-batch")
     retry_after_s: int = Field(1, ge=0, description="Retry-After header on 503 (queue full)")
+    max_pending_requests: int | None = Field(
+        None, ge=1, description="image requests being received, decoded or scored at once; more -> 503 before "
+        "the body is read (None: queue_size)"
+    )
 
     # heatmaps
     heatmap_grid: int = Field(32, ge=2, le=512, description="long side of the JSON heat grid")

@@ -85,7 +85,9 @@ def test_extreme_aspect_ratio_is_refused_naming_the_limit():
         check_image(32, 2000, VIEWS)
     assert err.value.value == pytest.approx(62.5) and err.value.limit == MAX_ASPECT
     assert err.value.http_status == 422 and isinstance(err.value, ValueError)
-    check_image(32, 2000, {"policy": "center_crop", "size": 224})  # other policies: not this check
+    for policy in ("center_crop", "resize", "native"):  # every policy (issue 12 item 6)
+        with pytest.raises(ExtremeAspectRatio, match="limit 12:1"):
+            check_image(32, 2000, {"policy": policy, "size": 224})
     check_image(100, 1200, VIEWS)  # exactly 12:1 is fine
 
 

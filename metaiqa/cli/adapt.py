@@ -109,8 +109,10 @@ def _is_joint(args: argparse.Namespace) -> bool:
 def cmd_joint(args: argparse.Namespace) -> int:
     """Joint mode: human scores + synthetic orderings (metaiqa.meta.joint), resumable run folder."""
     from metaiqa.config import load_config
+    from metaiqa.io import ensure_writable_dir
     from metaiqa.meta.joint import JointConfig, JointTrainer
 
+    ensure_writable_dir(args.out, "fine-tune --out run folder")  # before any training
     overrides = list(args.overrides) + [f"out_dir={args.out}"]
     if args.data:
         overrides.append(f"human={args.data}")
@@ -142,11 +144,30 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
              "batch_size": args.batch_size, "folds": args.folds, "seed": args.seed}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(FineTuneConfig, args.config, overrides)
+    check_checkpoint_out(args.out)
     samples = parse_data_spec(args.data)
     res = fine_tune_checkpoint(resolve_model(args.prior or PRIOR_MODEL), samples, cfg, args.out, data_spec=args.data,
                                progress=not args.no_progress)
     sys.stdout.write(f"saved {res.path}\n" + describe_fine_tune(res.history, res.data))
+    if res.rescued_from is not None:
+        from metaiqa.io import OutputNotWritable
+
+        asked, reason = res.rescued_from
+        raise OutputNotWritable(f"could not write --out {asked} ({reason}); the fine-tuned checkpoint "
+                                f"was saved to {res.path} (and its .json sidecar) instead")
     return 0
+
+
+def check_checkpoint_out(out: str) -> None:
+    """Refuse, before training, a --out checkpoint path that cannot be written (OutputNotWritable)."""
+    from metaiqa.io import OutputNotWritable, ensure_writable_dir
+    from metaiqa.models.checkpoint import checkpoint_paths
+
+    tensor, sidecar = checkpoint_paths(out)
+    ensure_writable_dir(tensor.parent, "fine-tune --out folder")
+    for path in (tensor, sidecar):
+        if path.is_dir():
+            raise OutputNotWritable(f"fine-tune --out: {path} is a folder; name a .safetensors file")
 
 
 def describe_fine_tune(history: dict[str, Any], data: dict[str, Any]) -> str:
@@ -166,6 +187,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from metaiqa.data.formats import parse_data_spec
     from metaiqa.evaluation.validate import validate_checkpoint
 
+    if not args.no_report:
+        from metaiqa.io import ensure_writable_dir
+
+        ensure_writable_dir(args.out, "validate --out")  # before scoring, not after
     samples = parse_data_spec(args.data)
     report = validate_checkpoint(
         resolve_model(args.model), samples, splits=args.splits, seed=args.seed,

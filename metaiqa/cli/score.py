@@ -19,9 +19,12 @@ from typing import Any
 log = logging.getLogger("metaiqa.cli.score")
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
-)
+# Every file extension Pillow registers for the accepted formats (inference.decode.PHOTO_FORMATS),
+# spelled out so `metaiqa --help` does not import Pillow; a test keeps the two in step.
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+    ".webp", ".avif", ".avifs", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".icb", ".vda", ".vst", ".qoi",
+})
 PROGRESS_MIN = 5  # show a progress bar from this many images on
 # (the bundled names are spelled out here: importing metaiqa.models.pretrained would load torch)
 MODEL_HELP = (
@@ -39,7 +42,7 @@ examples:
   metaiqa score photos/ --format csv --crops 4 --heatmap-dir heat/
   metaiqa score photos/ --format json | jq '.[] | select(.score < 0.4) | .path'
 
-Folders are searched recursively for image files (jpg, png, webp, tif, bmp, gif, ...);
+Folders are searched recursively for image files (jpg, png, webp, avif, tif, bmp, gif, ...);
 quote globs so the shell does not expand them (** works). Unreadable files, and images the
 model's policy refuses (e.g. longer than 12:1 for a whole-image model), are reported per file
 (error column / "error" key) and never stop the batch. Exit code 0 if at least one image was
@@ -308,6 +311,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         _print_scores(_problem_rows(problems), args.format, args.model or "")
         sys.stderr.write("metaiqa score: error: no image files to score\n")
         return EXIT_USAGE
+    if args.heatmap_dir is not None:
+        from metaiqa.io import ensure_writable_dir
+
+        ensure_writable_dir(args.heatmap_dir, "--heatmap-dir")  # before scoring, not after
     scorer = _load_scorer(args)
     rows = _problem_rows(problems) + _score_rows(scorer, paths, args)
     if args.heatmap_dir is not None:

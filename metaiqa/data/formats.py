@@ -118,8 +118,29 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
+class UnreadableTable(DatasetError):
+    """A label file that is not UTF-8 text CSV (e.g. saved as Latin-1 or UTF-16), or cannot be read."""
+
+
 def _read_table(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs of a CSV with a header; missing columns name expected and found."""
+    """(line number, row) pairs of a CSV with a header; missing columns name expected and found.
+
+    Text that is not UTF-8, a NUL byte or an unreadable file -> UnreadableTable naming the file.
+    """
+    try:
+        yield from _table_rows(path, required)
+    except UnicodeDecodeError as exc:
+        raise UnreadableTable(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start:exc.start + 1].hex()} at offset {exc.start}); "
+            "save the CSV as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise UnreadableTable(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise UnreadableTable(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _table_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, skipinitialspace=True)
         found = [(c or "").strip() for c in (reader.fieldnames or [])]
@@ -377,8 +398,11 @@ def load_dataset(name: str, root: str | os.PathLike) -> list[Sample]:
 
 
 def _header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        return [c.strip() for c in next(csv.reader(f), [])]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return [c.strip() for c in next(csv.reader(f), [])]
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise UnreadableTable(f"{path}: not a readable UTF-8 CSV ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def detect_format(path: str | os.PathLike) -> str:

@@ -6,6 +6,9 @@ Order of checks (cheapest first, so a hostile upload costs almost nothing):
 3. pixel count from the header    -> TooManyPixels  (413)  (Pillow's decompression-bomb guard stays on)
 4. shortest side from the header  -> ImageTooSmall  (422)
 5. decode                         -> TruncatedImage (422)  (LOAD_TRUNCATED_IMAGES is never set)
+Any exception a decoder raises (Pillow plugins raise more than OSError: the AVIF plugin's
+`load()` raises RuntimeError on a bit-flipped payload) means "not a readable image": NotAnImage
+while opening, TruncatedImage from then on; MemoryError while decoding is TooManyPixels.
 Steps 1-4 look at the file and its header, so they hold whatever scale the pixels are decoded at.
 With `min_short_side` (callers that downscale anyway, e.g. the "views" scoring policy), a JPEG
 whose shorter side is at least twice that is decoded at 1/2, 1/4 or 1/8 scale through the DCT
@@ -20,11 +23,12 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from metaiqa.errors import MetaIQAError
 
@@ -153,7 +157,7 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"image header declares too many pixels ({exc}); limit is {limits.max_pixels} pixels",
             limit=limits.max_pixels,
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # UnidentifiedImageError, OSError, SyntaxError, ... whatever a plugin raises
         head = data[:8].hex()
         raise NotAnImage(
             f"not a recognised image ({len(data)} bytes, starting with 0x{head or '<empty>'}); "
@@ -162,8 +166,12 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         ) from exc
 
 
-def _check_header(img: Image.Image, limits: DecodeLimits) -> None:
-    """Pixel count and shortest side from the header, before any pixel is decoded."""
+SizeCheck = Callable[[int, int], None]
+
+
+def _check_header(img: Image.Image, limits: DecodeLimits, check: SizeCheck | None = None) -> None:
+    """Pixel count, shortest side and the caller's `check(height, width)` from the header, before
+    any pixel is decoded."""
     w, h = img.size
     if w * h > limits.max_pixels:
         raise TooManyPixels(
@@ -177,6 +185,8 @@ def _check_header(img: Image.Image, limits: DecodeLimits) -> None:
             value=min(w, h),
             limit=limits.min_side,
         )
+    if check is not None:
+        check(h, w)
 
 
 def _draft(img: Image.Image, min_short_side: int | None) -> None:
@@ -193,11 +203,14 @@ def _draft(img: Image.Image, min_short_side: int | None) -> None:
         img.draft(None, (int(min_short_side), int(min_short_side)))
 
 
-def _load_frame(img: Image.Image, limits: DecodeLimits, full: tuple[int, int], n_bytes: int) -> Image.Image:
-    """Decode the first frame; Pillow's errors -> TooManyPixels / TruncatedImage."""
+def _load_frame(
+    img: Image.Image, limits: DecodeLimits, full: tuple[int, int], n_bytes: int, min_short_side: int | None
+) -> Image.Image:
+    """Decode the first frame (at draft scale if allowed); any decoder error -> TooManyPixels / TruncatedImage."""
     fmt = img.format
     w, h = full
     try:
+        _draft(img, min_short_side)
         img.load()  # Image.open leaves animations on frame 0
         return img.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -205,9 +218,13 @@ def _load_frame(img: Image.Image, limits: DecodeLimits, full: tuple[int, int], n
             f"image frame has too many pixels ({exc}); limit is {limits.max_pixels}",
             limit=limits.max_pixels,
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError as exc:
+        raise TooManyPixels(f"{fmt or 'image'} {w}x{h} does not fit in memory to decode", value=w * h) from exc
+    except Exception as exc:  # OSError, SyntaxError, EOFError, RuntimeError (AVIF), ...: any decoder fault
         raise TruncatedImage(
-            f"{fmt or 'image'} {w}x{h} could not be decoded, file truncated or corrupt ({exc})", value=n_bytes
+            f"{fmt or 'image'} {w}x{h} could not be decoded, file truncated or corrupt "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            value=n_bytes,
         ) from exc
 
 
@@ -216,18 +233,27 @@ def _orient(frame: Image.Image, full: tuple[int, int]) -> tuple[Image.Image, tup
     before = frame.size
     try:
         frame = ImageOps.exif_transpose(frame)
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError) as exc:  # broken EXIF: keep pixels as stored
+    except Exception as exc:  # broken EXIF (any parser error): keep pixels as stored
         log.warning("ignoring unreadable EXIF orientation (%s)", exc)
     turned = before[0] != before[1] and frame.size == (before[1], before[0])
     return frame, ((full[1], full[0]) if turned else full)
 
 
-def decode(data: bytes, limits: DecodeLimits = DecodeLimits(), *, min_short_side: int | None = None) -> DecodedImage:
+def decode(
+    data: bytes,
+    limits: DecodeLimits = DecodeLimits(),
+    *,
+    min_short_side: int | None = None,
+    check: SizeCheck | None = None,
+) -> DecodedImage:
     """Decode untrusted image bytes (see `decode_image`), returning the full size alongside.
 
     `min_short_side`: the caller downscales anyway, so a large JPEG may be decoded at reduced
     scale (1/2, 1/4, 1/8) as long as its shorter side stays >= this many pixels. The byte,
-    pixel-count and minimum-side limits are checked against the file and its header first.
+    pixel-count and minimum-side limits are checked against the file and its header first,
+    then `check(height, width)` (the caller's own refusal, e.g. the Scorer's aspect-ratio
+    limit), so an image nobody will score costs no decoding (EXIF orientation swaps height
+    and width later; a check that cares must be symmetric).
     """
     _check_size(len(data), limits, "image")
     _ensure_bomb_guard(limits.max_pixels)
@@ -236,12 +262,28 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits(), *, min_short_side
         img = _open(data, limits)
         with img:
             full = img.size
-            _check_header(img, limits)
-            _draft(img, min_short_side)
-            frame = _load_frame(img, limits, full, len(data))
+            _check_header(img, limits, check)
+            frame = _load_frame(img, limits, full, len(data), min_short_side)
     frame, full = _orient(frame, full)
-    pixels = np.array(_to_rgb(frame), dtype=np.uint8, order="C")  # a writable copy, unlike np.asarray
+    pixels = _rgb_pixels(frame, full, len(data))
     return DecodedImage(pixels, int(full[0]), int(full[1]))
+
+
+def _rgb_pixels(frame: Image.Image, full: tuple[int, int], n_bytes: int) -> np.ndarray:
+    """The decoded frame as a writable uint8 HxWx3 array; a conversion fault -> TruncatedImage."""
+    try:
+        pixels = np.array(_to_rgb(frame), dtype=np.uint8, order="C")  # a writable copy, unlike np.asarray
+    except MemoryError as exc:
+        raise TooManyPixels(f"image {full[0]}x{full[1]} does not fit in memory to convert", value=full[0] * full[1]) from exc
+    except Exception as exc:  # a mode or palette Pillow decoded but cannot convert
+        raise TruncatedImage(
+            f"{frame.mode} image {full[0]}x{full[1]} could not be converted to RGB "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            value=n_bytes,
+        ) from exc
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise TruncatedImage(f"image {full[0]}x{full[1]} decoded to shape {pixels.shape}, not HxWx3", value=n_bytes)
+    return pixels
 
 
 def decode_image(
@@ -255,7 +297,11 @@ def decode_image(
 
 
 def read_file(
-    path: str | os.PathLike, limits: DecodeLimits = DecodeLimits(), *, min_short_side: int | None = None
+    path: str | os.PathLike,
+    limits: DecodeLimits = DecodeLimits(),
+    *,
+    min_short_side: int | None = None,
+    check: SizeCheck | None = None,
 ) -> DecodedImage:
     """`decode` for a file, refusing an oversized one from its size on disk before reading it.
 
@@ -264,7 +310,7 @@ def read_file(
     """
     path = Path(path)
     _check_size(path.stat().st_size, limits, str(path))
-    return decode(path.read_bytes(), limits, min_short_side=min_short_side)
+    return decode(path.read_bytes(), limits, min_short_side=min_short_side, check=check)
 
 
 def read_image_file(

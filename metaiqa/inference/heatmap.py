@@ -55,7 +55,14 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from metaiqa.data.transforms import image_views, resize_short_side, to_tensor, to_viewing_scale, view_boxes
+from metaiqa.data.transforms import (
+    check_image,
+    image_views,
+    resize_short_side,
+    to_tensor,
+    to_viewing_scale,
+    view_boxes,
+)
 from metaiqa.errors import InvalidInput
 from metaiqa.inference.overlay import colorize, overlay_png
 
@@ -523,6 +530,8 @@ def explain(
     (views: `limit`; gradient: `sigma`, `max_side`, `percentile`; gradcam: `layer`, `sign`, `max_side`).
     """
     method = check_method(default_method(preprocess) if method is None else method)
+    _check_image(image)
+    check_image(image.shape[0], image.shape[1], preprocess)  # the Scorer's refusals (ExtremeAspectRatio)
     if method == "views":
         return views_heatmap(model, image, preprocess, crops=crops, **kw)
     fn = _gradient if method == "gradient" else _gradcam

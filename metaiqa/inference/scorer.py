@@ -41,7 +41,8 @@ class Scorer:
 
     Bytes and files are decoded through `decode`/`read`, which (for the "views" policy) decode a
     large JPEG at reduced scale, never below the policy's viewing scale, and refuse images the
-    policy cannot score (ExtremeAspectRatio) before any model work.
+    policy cannot score (ExtremeAspectRatio, longer than 12:1 under any policy) before any model
+    work; `views` (and so every score) checks arrays the same way.
     """
 
     def __init__(
@@ -93,18 +94,24 @@ class Scorer:
 
     def check(self, image: np.ndarray) -> np.ndarray:
         """The image itself, if this policy can score it; else ExtremeAspectRatio (an InvalidInput)."""
-        check_image(int(image.shape[0]), int(image.shape[1]), self.preprocess)
+        self.check_size(int(image.shape[0]), int(image.shape[1]))
         return image
 
-    def decode(self, data: bytes) -> DecodedImage:
-        """Decode bytes with this scorer's limits, at the scale its policy needs, and check them."""
-        out = decode(data, self.limits, min_short_side=self.decode_short_side)
+    def check_size(self, height: int, width: int) -> None:
+        """ExtremeAspectRatio for a size this policy refuses; decoders call it with the header size."""
+        check_image(height, width, self.preprocess)
+
+    def decode(self, data: bytes, *, full_resolution: bool = False) -> DecodedImage:
+        """Decode bytes with this scorer's limits, at the scale its policy needs (`full_resolution`:
+        as stored, e.g. to draw on), refusing from the header a size the policy cannot score."""
+        short = None if full_resolution else self.decode_short_side
+        out = decode(data, self.limits, min_short_side=short, check=self.check_size)
         self.check(out.pixels)
         return out
 
     def read(self, path: str | os.PathLike) -> DecodedImage:
         """`decode` for a file (OSError for a missing/unreadable one)."""
-        out = read_file(path, self.limits, min_short_side=self.decode_short_side)
+        out = read_file(path, self.limits, min_short_side=self.decode_short_side, check=self.check_size)
         self.check(out.pixels)
         return out
 
@@ -114,7 +121,7 @@ class Scorer:
             got = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
             raise InvalidInput(f"expected a uint8 HxWx3 numpy array, got {got}")
         n = self.crops if crops is None else self._check_crops(crops)
-        return image_views(image, self.preprocess, n)
+        return image_views(self.check(image), self.preprocess, n)
 
     def score_arrays(self, images: Sequence[np.ndarray], crops: int | None = None) -> list[float]:
         """Score decoded images; all views of all images go through the model together.

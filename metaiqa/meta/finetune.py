@@ -88,6 +88,26 @@ class FineTuneResult:
     history: dict[str, Any]
     data: dict[str, Any]
     metrics: dict[str, Any]
+    #: set when `out` could not be written: (the path asked for, why); `path` is then where the
+    #: trained weights were saved instead (see `save_or_rescue`)
+    rescued_from: tuple[str, str] | None = None
+
+
+def save_or_rescue(out: str | Path, model: nn.Module, **save_kw: Any) -> tuple[Path, tuple[str, str] | None]:
+    """save_checkpoint to `out`; if that fails with an OSError (folder gone, no permission, a file
+    in the way, disk full), save to a fresh folder from `metaiqa.io.rescue_dir` instead so the
+    trained weights are not lost. Returns (tensor path, None or (out, reason))."""
+    from metaiqa.io import rescue_dir
+    from metaiqa.models.checkpoint import checkpoint_paths, save_checkpoint
+
+    try:
+        return save_checkpoint(out, model, **save_kw), None
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+    target = rescue_dir("fine-tune-") / checkpoint_paths(out)[0].name
+    path = save_checkpoint(target, model, **save_kw)
+    log.warning("could not write %s (%s); saved the fine-tuned checkpoint to %s instead", out, reason, path)
+    return path, (str(out), reason)
 
 
 # ---------------------------------------------------------------------------- data
@@ -352,7 +372,7 @@ def fine_tune_checkpoint(
     resolved config, the data summary (shots, content ids, paths), the selection rule and its fold curve."""
     from metaiqa.data.tasks import few_shot_split
     from metaiqa.evaluation.report import to_jsonable
-    from metaiqa.models.checkpoint import load_checkpoint, save_checkpoint
+    from metaiqa.models.checkpoint import load_checkpoint
 
     check_samples(samples, "fine-tune data")
     ckpt = load_checkpoint(prior)
@@ -370,7 +390,7 @@ def fine_tune_checkpoint(
     }
     config = {"fine_tune": dump_config(cfg), "prior_config": ckpt.meta.get("config", {})}
     prior_info = {"path": str(ckpt.path), "sha256": ckpt.meta.get("sha256"), "model": ckpt.meta.get("model")}
-    path = save_checkpoint(
+    path, rescued = save_or_rescue(
         out,
         model,
         model_name=ckpt.meta["model"],
@@ -381,4 +401,4 @@ def fine_tune_checkpoint(
         metrics=to_jsonable(result_metrics),
         extra={"stage": "fine-tune", "prior": prior_info, "history": to_jsonable(history)},
     )
-    return FineTuneResult(path, to_jsonable(history), to_jsonable(data), to_jsonable(result_metrics))
+    return FineTuneResult(path, to_jsonable(history), to_jsonable(data), to_jsonable(result_metrics), rescued)

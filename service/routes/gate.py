@@ -3,11 +3,11 @@
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, request_fields
-from service.errors import BadField
+from service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, request_fields
+from service.errors import BadField, error_responses
 from service.openapi import GATE_UPLOAD
 from service.routes.score import ScoreItem, score_uploads
 from service.settings import Settings
@@ -57,7 +57,13 @@ def choose_threshold(threshold, policy, settings: Settings) -> tuple[float, str 
     return t, None
 
 
-@router.post("/gate", response_model=GateResponse, openapi_extra=GATE_UPLOAD)
+@router.post(
+    "/gate",
+    dependencies=[Depends(admit)],
+    response_model=GateResponse,
+    openapi_extra=GATE_UPLOAD,
+    responses=error_responses(404, 415, 503),
+)
 async def gate(
     request: Request,
     uploads: Uploads,

@@ -4,6 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.deps import State
+from service.errors import error_responses
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
@@ -15,7 +16,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(state: State):
     """200 when at least one model is loaded and the inference thread runs; else 503 saying why."""
     if not state.models.ready:

@@ -13,13 +13,13 @@ from urllib.parse import quote
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 from pydantic import BaseModel
 
-from service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, decode_uploads
-from service.errors import TooManyImages
+from service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, decode_uploads
+from service.errors import TooManyImages, error_responses
 from service.openapi import IMAGE_UPLOAD
 
 router = APIRouter(tags=["heatmap"])
@@ -72,9 +72,13 @@ def _wants_png(request: Request) -> bool:
 
 @router.post(
     "/heatmap",
+    dependencies=[Depends(admit)],
     openapi_extra=IMAGE_UPLOAD,
     response_model=HeatmapResponse,
-    responses={200: {"content": {"image/png": {}}, "description": "overlay PNG when Accept: image/png"}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "overlay PNG when Accept: image/png"},
+        **error_responses(404, 415, 503),
+    },
 )
 async def heatmap(
     request: Request,

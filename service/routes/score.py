@@ -2,10 +2,11 @@
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from service.deps import ModelDep, QueueDep, State, Uploads, decode_uploads
+from service.deps import ModelDep, QueueDep, State, Uploads, admit, decode_uploads
+from service.errors import error_responses
 from service.openapi import IMAGE_UPLOAD
 
 router = APIRouter(tags=["score"])
@@ -47,7 +48,13 @@ async def score_uploads(uploads, served, queue, state, *, raw: bool = False) -> 
     return list(zip(items, (s for s, _ in scored), strict=True)) if raw else items
 
 
-@router.post("/score", response_model=ScoreResponse, openapi_extra=IMAGE_UPLOAD)
+@router.post(
+    "/score",
+    dependencies=[Depends(admit)],
+    response_model=ScoreResponse,
+    openapi_extra=IMAGE_UPLOAD,
+    responses=error_responses(404, 415, 503),
+)
 async def score(uploads: Uploads, served: ModelDep, queue: QueueDep, state: State) -> ScoreResponse:
     """Score images sent as multipart field `image` (repeatable) or JSON `{"images": [{filename, data}]}`."""
     return ScoreResponse(model=served.name, results=await score_uploads(uploads, served, queue, state))

@@ -21,7 +21,7 @@ from metaiqa.data.samples import Sample
 from metaiqa.errors import MetaIQAError
 from service.archive import ArchiveLimits, extract_archive, find_label_file, read_labels
 from service.deps import ModelDep, SettingsDep, State, _json_body, read_form
-from service.errors import BadField, ReportNotReady, UnsupportedMediaType, ValidationDisabled
+from service.errors import BadField, ReportNotReady, UnsupportedMediaType, ValidationDisabled, error_responses
 from service.jobs import ID_PATTERN, Job, score_through_queue
 from service.openapi import VALIDATE_UPLOAD
 from service.settings import Settings
@@ -115,11 +115,12 @@ def _make_work(state, served, samples: list[Sample], splits: int, seed: int, inp
     return work
 
 
-@router.post("/validate", status_code=202, openapi_extra=VALIDATE_UPLOAD)
+@router.post("/validate", status_code=202, openapi_extra=VALIDATE_UPLOAD, responses=error_responses(403, 404, 415, 429, 503))
 async def validate(request: Request, served: ModelDep, state: State, settings: SettingsDep) -> JSONResponse:
     """Start a validation report; answers 202 with its id (poll GET /v1/reports/{id})."""
     if not settings.validate_enabled:
         raise ValidationDisabled("validation is disabled on this server")
+    state.jobs.check_room()  # a full backlog refuses before the (up to 100 MB) archive is received
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await read_form(request, settings)
@@ -160,7 +161,7 @@ async def validate(request: Request, served: ModelDep, state: State, settings: S
     )
 
 
-@router.get("/reports/{report_id}")
+@router.get("/reports/{report_id}", responses=error_responses(404))
 async def report(report_id: ReportId, request: Request, state: State) -> dict[str, Any]:
     """Job status and, when done, the report (metrics, intervals, per-group table)."""
     return state.jobs.get(report_id).public(str(request.base_url).rstrip("/"))
@@ -174,13 +175,13 @@ def _file(state, report_id: str, key: str) -> Path:
     return job.files[key]
 
 
-@router.get("/reports/{report_id}/report.html", response_class=FileResponse)
+@router.get("/reports/{report_id}/report.html", response_class=FileResponse, responses=error_responses(404, 409))
 async def report_html(report_id: ReportId, state: State) -> FileResponse:
     return FileResponse(
         _file(state, report_id, "html"), media_type="text/html", headers={"Content-Security-Policy": _HTML_CSP}
     )
 
 
-@router.get("/reports/{report_id}/scatter.png", response_class=FileResponse)
+@router.get("/reports/{report_id}/scatter.png", response_class=FileResponse, responses=error_responses(404, 409))
 async def report_scatter(report_id: ReportId, state: State) -> FileResponse:
     return FileResponse(_file(state, report_id, "scatter"), media_type="image/png")
