@@ -44,7 +44,7 @@ examples:
 
 Folders are searched recursively for image files (jpg, png, webp, avif, tif, bmp, gif, ...);
 quote globs so the shell does not expand them (** works). Unreadable files, and images the
-model's policy refuses (e.g. longer than 12:1 for a whole-image model), are reported per file
+model's policy refuses (longer than 12:1, whatever the model), are reported per file
 (error column / "error" key) and never stop the batch. Exit code 0 if at least one image was
 scored, 2 if none could be.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from metaiqa.data.samples import DatasetError, Sample
 from metaiqa.data.transforms import apply_policy, resize_short_side, to_tensor
@@ -59,7 +59,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except Exception as exc:  # any decoder fault (the AVIF plugin raises RuntimeError) = unreadable
         raise UnreadableTrainingImage(f"cannot read training image {path}: {exc}") from exc
 
 
