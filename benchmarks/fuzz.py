@@ -306,6 +306,15 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
     raise SystemExit(f"service not ready after {timeout}s")
 
 
+def answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=10).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the peak resident set size of the process so far (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -383,7 +392,7 @@ def main() -> int:
             wait_ready(proc, base)
             counts, by_case = run(Target(base, port), inputs, args)
             elapsed = time.monotonic() - started
-            alive = proc.poll() is None and __import__("httpx").get(f"{base}/healthz", timeout=10).status_code == 200
+            alive = proc.poll() is None and answers(f"{base}/healthz")
             server = server_errors(base) if alive else {}
             peak = peak_rss_mb(proc.pid)
         finally:
