@@ -49,16 +49,15 @@ def point_metrics(pred: np.ndarray, mos: np.ndarray) -> dict[str, float]:
     """SROCC, KRCC, PLCC after the VQEG logistic fit, raw PLCC (NaN if a side is constant)."""
     if np.ptp(pred) == 0 or np.ptp(mos) == 0:
         return dict.fromkeys(METRICS, float("nan"))
+    # The fit is constrained to be increasing (every scorer here is "higher = better"); a scorer
+    # that does not rise with the MOS has no logistic fit: its after-fit PLCC is NaN (see plcc_raw).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        b1, b2, b3, b4 = metrics.fit_logistic4(pred, mos)
-    fitted = metrics.logistic4(pred, b1, b2, b3, b4)
-    # Every scorer here is "higher = better": a decreasing fitted logistic (b1 < b2) means the
-    # scorer ranks backwards, so the PLCC after the fit keeps that sign instead of hiding it.
-    sign = 1.0 if b1 >= b2 else -1.0
+        fit = metrics.fit_logistic(pred, mos)
+    fitted = metrics.logistic4(pred, *fit.params) if fit.ok else None
+    plcc_fit = metrics.plcc(fitted, mos) if fitted is not None and np.ptp(fitted) else float("nan")
     return {"srocc": metrics.srocc(pred, mos), "krcc": metrics.krcc(pred, mos),
-            "plcc_logistic": sign * metrics.plcc(fitted, mos) if np.ptp(fitted) else float("nan"),
-            "plcc_raw": metrics.plcc(pred, mos)}
+            "plcc_logistic": plcc_fit, "plcc_raw": metrics.plcc(pred, mos)}
 
 
 def _interval(values: list[float]) -> list[float]:
@@ -97,7 +96,8 @@ def score_all(args, paths: list[Path]) -> tuple[dict, dict, list[str], dict]:
     jobs = [(lb, *score_cache.model_fn(ck, args.threads)) for lb, ck in args.models.items()]
     jobs += [(p, p, score_cache.peer_fn(p), {"peer": p}) for p in args.peers]
     for label, scorer_id, fn, meta in jobs:
-        scored = score_cache.score_with_cache(scorer_id, fn, paths, cache, run)
+        refresh = args.refresh_models and scorer_id.startswith("model:")
+        scored = score_cache.score_with_cache(scorer_id, fn, paths, cache, run, refresh=refresh)
         scores[label] = np.asarray(scored.scores)
         timing[label] = scored.seconds_per_image
         info[label] = {**meta, "scorer_id": scorer_id, "computed": scored.computed, "cached": scored.cached,
@@ -191,6 +191,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the accuracy run (default 1)")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N photos (by name): smoke tests")
+    ap.add_argument("--refresh-models", action="store_true",
+                    help="recompute the models' cached scores (peers stay cached): after scorer code changes")
     ap.add_argument("--cache", type=Path, default=HERE / "results" / "score_cache_biq2021.json")
     ap.add_argument("--time-threads", type=int, nargs="+", default=None, metavar="T",
                     help="timing mode: per-image wall time at these torch thread counts")
