@@ -65,11 +65,21 @@ class Scored:
 
 
 def score_with_cache(
-    scorer_id: str, fn: BatchFn, paths: Sequence[Path], cache: ScoreCache, run: str, *, batch: int = 16
+    scorer_id: str,
+    fn: BatchFn,
+    paths: Sequence[Path],
+    cache: ScoreCache,
+    run: str,
+    *,
+    batch: int = 16,
+    refresh: bool = False,
 ) -> Scored:
-    """Scores of `paths` by `fn`, computing only what `cache` lacks (saved after each batch)."""
+    """Scores of `paths` by `fn`, computing only what `cache` lacks (saved after each batch).
+
+    `refresh` recomputes (and overwrites) every entry, e.g. after the scoring code changed.
+    """
     keys = [file_key(scorer_id, p) for p in paths]
-    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    todo = [i for i, k in enumerate(keys) if refresh or k not in cache.entries]
     label = scorer_id.split(":")[0] if not scorer_id.startswith("model:") else scorer_id[:18]
     with tqdm(total=len(todo), desc=label, file=sys.stderr, disable=not todo) as bar:
         for start in range(0, len(todo), batch):
