@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metaiqa.cli.score import _int_at_least  # one parser for integer flags
 from metaiqa.errors import InvalidInput
 
 log = logging.getLogger("metaiqa.cli.calibrate")
@@ -41,19 +42,6 @@ examples:
 
 Exit codes: 0 = threshold suggested; 2 = usage error or no readable image in a folder.
 """
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _percentile(text: str) -> float:
