@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metaiqa.cli.score import _int_at_least  # one parser for integer flags
+from metaiqa.cli.score import _int_at_least, add_models_dir_arg  # one parser per shared flag
 from metaiqa.errors import InvalidInput
 
 log = logging.getLogger("metaiqa.cli.calibrate")
@@ -85,13 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="checkpoint path, or a name in --models-dir (default: the bundled metaiqa-default); "
         "calibrate with the model the gate will use",
     )
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=os.environ.get("METAIQA_MODELS_DIR") or None,
-        metavar="DIR",
-        help="folder of named checkpoints NAME.safetensors (default: $METAIQA_MODELS_DIR)",
-    )
+    add_models_dir_arg(p)
     p.add_argument(
         "--crops",
         type=_int_at_least(1),

@@ -83,9 +83,8 @@ def _unit_float(text: str) -> float:
     return value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or quoted globs")
-    p.add_argument("--model", metavar="NAME|CKPT", help=MODEL_HELP)
+def add_models_dir_arg(p: argparse.ArgumentParser) -> None:
+    """--models-dir, shared by every command that names models (score, gate, calibrate)."""
     p.add_argument(
         "--models-dir",
         type=Path,
@@ -93,6 +92,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder of named checkpoints NAME.safetensors (default: $METAIQA_MODELS_DIR)",
     )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or quoted globs")
+    p.add_argument("--model", metavar="NAME|CKPT", help=MODEL_HELP)
+    add_models_dir_arg(p)
     p.add_argument(
         "--crops",
         type=_int_at_least(1),
