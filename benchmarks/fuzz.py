@@ -283,7 +283,7 @@ def start_service(ckpt: Path, port: int, workdir: Path) -> subprocess.Popen:
     env.update(METAIQA_MODEL=str(ckpt), METAIQA_BUNDLED_MODELS="false", METAIQA_TORCH_THREADS="1",
                METAIQA_API_KEYS=KEY, METAIQA_VALIDATE_BOOTSTRAP="0", METAIQA_QUEUE_SIZE="16", METAIQA_MAX_BATCH="8",
                METAIQA_REPORTS_DIR=str(workdir / "reports"), METAIQA_VALIDATE_MAX_PENDING="2")
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app_from_env", "--host", HOST,
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "metaiqa.service.app:create_app_from_env", "--host", HOST,
            "--port", str(port), "--log-level", "warning", "--no-access-log"]
     repo = Path(__file__).resolve().parents[1]
     return subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 """FastAPI application factory: `create_app(settings)`; models load once, in the lifespan.
 
-    uvicorn --factory service.app:create_app_from_env        (what `metaiqa serve` runs)
+    uvicorn --factory metaiqa.service.app:create_app_from_env        (what `metaiqa serve` runs)
 
 Layout: /v1/* (score, heatmap, gate, validate, reports, models; behind the optional API key),
 /healthz, /readyz, /metrics, and the web page at / (static files, no CDN).
@@ -16,19 +16,19 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from metaiqa.service.batching import InferenceQueue
+from metaiqa.service.deps import ServiceState, require_api_key
+from metaiqa.service.errors import error_responses, install_error_handlers
+from metaiqa.service.jobs import JobStore
+from metaiqa.service.metrics import ServiceMetrics
+from metaiqa.service.middleware import LimitAndMeasure
+from metaiqa.service.models import ModelSet, load_models
+from metaiqa.service.routes import gate, health, heatmap, models, score, validate
+from metaiqa.service.settings import Settings, load_settings
 
 from metaiqa import __version__
-from service.batching import InferenceQueue
-from service.deps import ServiceState, require_api_key
-from service.errors import error_responses, install_error_handlers
-from service.jobs import JobStore
-from service.metrics import ServiceMetrics
-from service.middleware import LimitAndMeasure
-from service.models import ModelSet, load_models
-from service.routes import gate, health, heatmap, models, score, validate
-from service.settings import Settings, load_settings
 
-log = logging.getLogger("service")
+log = logging.getLogger("metaiqa.service")
 
 STATIC_DIR = Path(__file__).parent / "static"
 VALIDATE_PATH = "/v1/validate"

@@ -17,8 +17,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from metaiqa.service.errors import ServiceError
+
 from metaiqa.data.samples import Sample
-from service.errors import ServiceError
 
 CHUNK = 1 << 16
 LABEL_COLUMNS = ("filename", "mos")

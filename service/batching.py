@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from metaiqa.service.errors import QueueFull, ServiceError
 
-from service.errors import QueueFull, ServiceError
-
-log = logging.getLogger("service.batching")
+log = logging.getLogger("metaiqa.service.batching")
 
 #: How long a request waits for the inference thread before giving up (a heatmap of the largest
 #: allowed image takes seconds; this only bounds waits on a thread that is stuck).

@@ -14,16 +14,16 @@ from typing import Annotated, Any
 import anyio
 import numpy as np
 from fastapi import Depends, Query, Request
+from metaiqa.service.batching import InferenceQueue
+from metaiqa.service.errors import BadField, TooManyImages, Unauthorized, UnsupportedMediaType
+from metaiqa.service.metrics import ServiceMetrics
+from metaiqa.service.models import ModelSet, ServedModel
+from metaiqa.service.settings import Settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metaiqa.errors import MetaIQAError
-from service.batching import InferenceQueue
-from service.errors import BadField, TooManyImages, Unauthorized, UnsupportedMediaType
-from service.metrics import ServiceMetrics
-from service.models import ModelSet, ServedModel
-from service.settings import Settings
 
 IMAGE_FIELD = "image"
 MAX_FILENAME = 255

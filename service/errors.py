@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metaiqa.errors import MetaIQAError
 
-log = logging.getLogger("service.errors")
+log = logging.getLogger("metaiqa.service.errors")
 
 DEFAULT_CLIENT_STATUS = 422
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaiqa.errors import MetaIQAError
-from service.errors import QueueFull, ReportNotFound, TooManyJobs
+from metaiqa.service.errors import QueueFull, ReportNotFound, TooManyJobs
 
-log = logging.getLogger("service.jobs")
+from metaiqa.errors import MetaIQAError
+
+log = logging.getLogger("metaiqa.service.jobs")
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 

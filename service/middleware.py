@@ -16,11 +16,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from metaiqa.service.metrics import ServiceMetrics
 from starlette.requests import ClientDisconnect
 
-from service.metrics import ServiceMetrics
-
-log = logging.getLogger("service.middleware")
+log = logging.getLogger("metaiqa.service.middleware")
 CLIENT_CLOSED = 499
 
 Scope = dict

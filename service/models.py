@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaiqa.errors import MetaIQAError
-from service.errors import ModelNotFound, NotReady
-from service.settings import Settings
+from metaiqa.service.errors import ModelNotFound, NotReady
+from metaiqa.service.settings import Settings
 
-log = logging.getLogger("service.models")
+from metaiqa.errors import MetaIQAError
+
+log = logging.getLogger("metaiqa.service.models")
 
 _TRAINING_KEYS = ("method", "meta", "algorithm", "steps", "epochs", "shots", "seed", "lr", "inner_lr", "outer_lr")
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from conftest import natural_image
+from metaiqa.service.settings import Settings
 from PIL import Image
 
 from metaiqa.models import create_model, save_checkpoint
-from service.settings import Settings
 
 TINY_PREPROCESS = {"policy": "center_crop", "size": 64}
 

@@ -38,9 +38,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import uvicorn
+    from metaiqa.service.app import create_app
 
     from metaiqa.models import pretrained
-    from service.app import create_app
 
     d = tmp_path_factory.mktemp("browser")
     for seed, name in enumerate(pretrained.BUNDLED_MODELS):  # tiny stand-ins for the two bundled models

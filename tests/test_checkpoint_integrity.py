@@ -222,15 +222,14 @@ def test_cli_reports_malformed_sidecar_in_one_line(tmp_path, capsys):
 
 def test_service_starts_and_skips_a_malformed_checkpoint(tmp_path, caplog):
     from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.settings import Settings
+    from metaiqa.service.app import create_app
+    from metaiqa.service.settings import Settings
 
     good = _save(tmp_path / "models" / "good.safetensors")
     bad = _save(tmp_path / "models" / "bad.safetensors")
     _edit(bad, model_kwargs="input_norm=rgb")
     settings = Settings(model=str(good), models_dir=tmp_path / "models", torch_threads=1, bundled_models=False)
-    with caplog.at_level(logging.ERROR, logger="service.models"), TestClient(create_app(settings)) as client:
+    with caplog.at_level(logging.ERROR, logger="metaiqa.service.models"), TestClient(create_app(settings)) as client:
         body = client.get("/v1/models").json()
     assert [m["name"] for m in body["models"]] == ["good"]
     assert any("bad.safetensors" in e and "model_kwargs" in e for e in body["errors"])

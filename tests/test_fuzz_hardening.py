@@ -19,6 +19,7 @@ from conftest import natural_image
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from metaiqa.service.app import create_app
 from PIL import Image, ImageFile
 from service_helpers import make_checkpoint, settings_for
 
@@ -28,7 +29,6 @@ from metaiqa.data.transforms import ExtremeAspectRatio
 from metaiqa.inference.decode import PHOTO_FORMATS, DecodeError, TruncatedImage, decode_image
 from metaiqa.inference.scorer import Scorer
 from metaiqa.models import create_model, save_checkpoint
-from service.app import create_app
 
 POLICIES = {
     "center_crop": {"policy": "center_crop", "size": 64},

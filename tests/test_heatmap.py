@@ -438,9 +438,8 @@ def test_sparse_grid_leaves_no_gaps():
 @pytest.fixture(scope="module")
 def views_client(views_ckpt):
     from fastapi.testclient import TestClient
+    from metaiqa.service.app import create_app
     from service_helpers import settings_for
-
-    from service.app import create_app
 
     with TestClient(create_app(settings_for(views_ckpt))) as c:
         yield c

@@ -10,9 +10,8 @@ import zlib
 
 import pytest
 from fastapi.testclient import TestClient
+from metaiqa.service.app import create_app
 from service_helpers import make_checkpoint, png_bytes, settings_for
-
-from service.app import create_app
 
 KEY = {"X-API-Key": "k"}
 UUID = "00000000-0000-0000-0000-000000000000"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import natural_image
 from fastapi.testclient import TestClient
+from metaiqa.service.app import create_app
 from PIL import Image
 from service_helpers import make_checkpoint, png_bytes, settings_for
 
 from metaiqa.inference import Scorer, decode_image
-from service.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def test_auth_off_by_default(client):
 
 
 def test_unexpected_error_is_opaque_500_and_service_survives(models_dir, png):
-    from service.deps import get_model
+    from metaiqa.service.deps import get_model
 
     app = create_app(settings_for(models_dir / "tiny.safetensors"))
 
@@ -332,8 +332,8 @@ def test_unexpected_error_is_opaque_500_and_service_survives(models_dir, png):
 
 def test_dependency_override_injects_model(models_dir, png):
     """Tests (and embedders) can swap the served model without touching settings."""
-    from service.deps import get_model
-    from service.models import ServedModel
+    from metaiqa.service.deps import get_model
+    from metaiqa.service.models import ServedModel
 
     app = create_app(settings_for(models_dir / "tiny.safetensors"))
     other = Scorer.from_checkpoint(models_dir / "other.safetensors", name="injected")

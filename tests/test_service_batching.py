@@ -5,9 +5,8 @@ import threading
 
 import numpy as np
 import pytest
-
-from service.batching import InferenceQueue
-from service.errors import QueueFull
+from metaiqa.service.batching import InferenceQueue
+from metaiqa.service.errors import QueueFull
 
 
 class RecordingScorer:

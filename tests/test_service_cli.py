@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from metaiqa.service.settings import Settings, SettingsError, load_settings
 from service_helpers import make_checkpoint, png_bytes
-
-from service.settings import Settings, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

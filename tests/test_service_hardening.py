@@ -16,11 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from metaiqa.service.app import create_app
+from metaiqa.service.batching import InferenceQueue, InferenceTimeout, InferenceUnavailable
+from metaiqa.service.jobs import JobStore
 from service_helpers import make_checkpoint, png_bytes, settings_for
-
-from service.app import create_app
-from service.batching import InferenceQueue, InferenceTimeout, InferenceUnavailable
-from service.jobs import JobStore
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -159,7 +158,7 @@ def test_content_column_groups_the_bootstrap(png):
     import tempfile
     from pathlib import Path
 
-    from service.archive import read_labels
+    from metaiqa.service.archive import read_labels
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

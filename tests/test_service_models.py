@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import natural_image
 from fastapi.testclient import TestClient
+from metaiqa.service.app import create_app
+from metaiqa.service.settings import Settings
 from PIL import Image
 from service_helpers import make_checkpoint, png_bytes, settings_for
 
 from metaiqa.models import create_model, save_checkpoint
 from metaiqa.models.pretrained import BUNDLED_DESCRIPTIONS, DEFAULT_MODEL, PRIOR_MODEL
-from service.app import create_app
-from service.settings import Settings
 
 VIEWS = {"policy": "views", "scale": 96, "size": 64, "max_views": 16}
 

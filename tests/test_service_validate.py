@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import natural_image
 from fastapi.testclient import TestClient
+from metaiqa.service.app import create_app
+from metaiqa.service.archive import safe_member_path
 from PIL import Image, ImageFilter
 from service_helpers import make_checkpoint, png_bytes, settings_for
 
 from metaiqa.evaluation.metrics import srocc
 from metaiqa.inference import Scorer, decode_image
-from service.app import create_app
-from service.archive import safe_member_path
 
 
 def _labelled_images(n: int = 6) -> list[tuple[str, bytes, float]]:
@@ -190,7 +190,7 @@ def test_zip_bomb_and_size_limits(ckpt):
 
 def test_lying_zip_header_is_caught_while_extracting(tmp_path):
     """An entry whose data does not match its declared size is refused (zipfile's checks or our byte count)."""
-    from service.archive import ArchiveLimits, ArchiveTooLarge, BadArchive, extract_archive
+    from metaiqa.service.archive import ArchiveLimits, ArchiveTooLarge, BadArchive, extract_archive
 
     data = bytearray(make_zip({"a.bin": b"y" * 5000}, compression=zipfile.ZIP_STORED))
     # patch declared (uncompressed) size in the central directory to 100 bytes

@@ -2,7 +2,7 @@
 
 The service package is imported inside the command (so `metaiqa --help` stays fast and
 `metaiqa/` keeps not importing `service/` at module level). Flags reach every uvicorn worker
-process as METAIQA_* environment variables, read by `service.app:create_app_from_env`;
+process as METAIQA_* environment variables, read by `metaiqa.service.app:create_app_from_env`;
 precedence is defaults < YAML config < environment < flags.
 """
 
@@ -84,7 +84,7 @@ def _config_path(arg: Path | None) -> Path | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.settings import load_settings
+    from metaiqa.service.settings import load_settings
 
     config = _config_path(args.config)
     overrides = {"model": args.model, "models_dir": args.models_dir}
@@ -103,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.api_keys:
         log.info("API keys required on /v1 (%d configured)", len(settings.api_keys))
     uvicorn.run(
-        "service.app:create_app_from_env",
+        "metaiqa.service.app:create_app_from_env",
         factory=True,
         host=args.host,
         port=args.port,

@@ -4,13 +4,12 @@ import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from metaiqa.service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, request_fields
+from metaiqa.service.errors import BadField, error_responses
+from metaiqa.service.openapi import GATE_UPLOAD
+from metaiqa.service.routes.score import ScoreItem, score_uploads
+from metaiqa.service.settings import Settings
 from pydantic import BaseModel
-
-from service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, request_fields
-from service.errors import BadField, error_responses
-from service.openapi import GATE_UPLOAD
-from service.routes.score import ScoreItem, score_uploads
-from service.settings import Settings
 
 router = APIRouter(tags=["gate"])
 

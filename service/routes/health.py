@@ -2,10 +2,9 @@
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-
-from service.deps import State
-from service.errors import error_responses
-from service.metrics import CONTENT_TYPE
+from metaiqa.service.deps import State
+from metaiqa.service.errors import error_responses
+from metaiqa.service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 

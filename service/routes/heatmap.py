@@ -15,12 +15,11 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from metaiqa.service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, decode_uploads
+from metaiqa.service.errors import TooManyImages, error_responses
+from metaiqa.service.openapi import IMAGE_UPLOAD
 from PIL import Image
 from pydantic import BaseModel
-
-from service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, decode_uploads
-from service.errors import TooManyImages, error_responses
-from service.openapi import IMAGE_UPLOAD
 
 router = APIRouter(tags=["heatmap"])
 

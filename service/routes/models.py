@@ -3,8 +3,7 @@
 from typing import Any
 
 from fastapi import APIRouter
-
-from service.deps import State
+from metaiqa.service.deps import State
 
 router = APIRouter(tags=["models"])
 

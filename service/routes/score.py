@@ -3,11 +3,10 @@
 import time
 
 from fastapi import APIRouter, Depends
+from metaiqa.service.deps import ModelDep, QueueDep, State, Uploads, admit, decode_uploads
+from metaiqa.service.errors import error_responses
+from metaiqa.service.openapi import IMAGE_UPLOAD
 from pydantic import BaseModel
-
-from service.deps import ModelDep, QueueDep, State, Uploads, admit, decode_uploads
-from service.errors import error_responses
-from service.openapi import IMAGE_UPLOAD
 
 router = APIRouter(tags=["score"])
 

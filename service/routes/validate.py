@@ -15,16 +15,22 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
+from metaiqa.service.archive import ArchiveLimits, extract_archive, find_label_file, read_labels
+from metaiqa.service.deps import ModelDep, SettingsDep, State, _json_body, read_form
+from metaiqa.service.errors import (
+    BadField,
+    ReportNotReady,
+    UnsupportedMediaType,
+    ValidationDisabled,
+    error_responses,
+)
+from metaiqa.service.jobs import ID_PATTERN, Job, score_through_queue
+from metaiqa.service.openapi import VALIDATE_UPLOAD
+from metaiqa.service.settings import Settings
 from starlette.datastructures import UploadFile
 
 from metaiqa.data.samples import Sample
 from metaiqa.errors import MetaIQAError
-from service.archive import ArchiveLimits, extract_archive, find_label_file, read_labels
-from service.deps import ModelDep, SettingsDep, State, _json_body, read_form
-from service.errors import BadField, ReportNotReady, UnsupportedMediaType, ValidationDisabled, error_responses
-from service.jobs import ID_PATTERN, Job, score_through_queue
-from service.openapi import VALIDATE_UPLOAD
-from service.settings import Settings
 
 router = APIRouter(tags=["validate"])
 
