@@ -90,7 +90,8 @@ def _load_init(cfg: JointConfig):
     return model.float(), ckpt.meta, kwargs
 
 
-def _human_split(cfg: JointConfig):
+def human_split(cfg: JointConfig):
+    """(train, val) samples of the human data: the seeded carve-out the trainer selects on."""
     from metaiqa.data.formats import parse_data_spec
     from metaiqa.meta.finetune import check_samples
 
@@ -145,7 +146,7 @@ class JointTrainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.preprocess = {"policy": "views", "scale": cfg.scale, "size": cfg.crop_size, "max_views": cfg.max_views}
-        train, val = _human_split(cfg)
+        train, val = human_split(cfg)
         self.human_train, self.human_val = train, val
         self.train_imgs = _read_scaled(train, cfg, progress)
         self.val_imgs = _read_scaled(val, cfg, progress)
