@@ -2,7 +2,8 @@
 
 Each sub-module registers its sub-commands; heavy imports happen inside the command
 functions so `metaiqa --help` stays fast. Errors derived from MetaIQAError become a
-one-line message and exit code 2; other exit codes are the command's own.
+one-line message and exit code 2; a closed stdout pipe (`| head`) stops quietly with 141;
+other exit codes are the command's own.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from metaiqa import __version__
 from metaiqa.errors import MetaIQAError
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader left
 
 _COMMAND_MODULES = ("data", "train", "adapt", "score", "calibrate", "serve")
 
@@ -48,10 +50,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler, not at interpreter exit
+        return code
     except MetaIQAError as exc:
         sys.stderr.write(f"metaiqa {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except BrokenPipeError:  # `metaiqa score - | head -1`: the reader left; stop quietly, like other tools
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not complain about the closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured in tests)
+        pass

@@ -1,20 +1,23 @@
 """`metaiqa score` and `metaiqa gate`: score image files, or pass/fail them against a threshold.
 
 Exit codes. score: 0 if at least one image was scored, 2 if none could be (bad input or
-usage). gate: 0 if failures <= --max-failures, 1 if more failed, 2 for usage errors or any
-unreadable input -- distinct from "images failed the gate" so a pipeline can tell them apart.
-Results go to stdout; progress, warnings and logs go to stderr.
+usage) or, with --strict, if any input could not be scored. gate: 0 if failures <=
+--max-failures, 1 if more failed, 2 for usage errors or any unreadable input -- distinct from
+"images failed the gate" so a pipeline can tell them apart. Results go to stdout (score's
+table, csv and jsonl rows as each batch finishes); progress, warnings and logs go to stderr.
+Inputs: PATH arguments, `-` (paths on stdin) and --files-from FILE, one path per line.
 """
 
 import argparse
-import csv
 import glob
-import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from metaiqa.cli.score_output import GATE_FORMATS, SCORE_FORMATS, ScoreWriter, read_path_list, write_gate
 
 log = logging.getLogger("metaiqa.cli.score")
 
@@ -41,12 +44,17 @@ examples:
   metaiqa score photos/ 'shots/**/*.png' --format json > scores.json
   metaiqa score photos/ --format csv --crops 4 --heatmap-dir heat/
   metaiqa score photos/ --format json | jq '.[] | select(.score < 0.4) | .path'
+  find shots/ -name '*.jpg' | metaiqa score - --format jsonl    # paths on stdin, one JSON line each
+  metaiqa score --files-from list.txt --strict                    # exit 2 if any file is unreadable
 
+Paths may also come from stdin (`-`) or a file (--files-from FILE): one per line, relative to the
+current folder; blank lines and lines starting with # are skipped. table, csv and jsonl rows are
+printed as each batch of images (--batch-size) finishes, also with --heatmap-dir.
 Folders are searched recursively for image files (jpg, png, webp, avif, tif, bmp, gif, ...);
 quote globs so the shell does not expand them (** works). Unreadable files, and images the
 model's policy refuses (longer than 12:1, whatever the model), are reported per file
 (error column / "error" key) and never stop the batch. Exit code 0 if at least one image was
-scored, 2 if none could be.
+scored, 2 if none could be; with --strict, 2 if any input could not be scored.
 """
 
 GATE_EPILOG = """\
@@ -54,6 +62,7 @@ examples:
   metaiqa gate upload/*.jpg --min-score 0.45 --model shop-v2 --models-dir models/
   metaiqa gate batch/ --min-score 0.5 --max-failures 3 --format json > gate.json
   metaiqa gate new.png --min-score 0.6 && publish new.png
+  metaiqa gate --files-from batch.txt --min-score 0.5 --format csv > gate.csv   # path,score,result,error
 
 Exit codes: 0 = at most --max-failures images scored below --min-score;
 1 = more failed; 2 = usage error or an input could not be read (checked before the gate).
@@ -95,7 +104,10 @@ def add_models_dir_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or quoted globs")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="image files, folders (recursive), quoted globs, or - to read paths from stdin (one a line)")
+    p.add_argument("--files-from", metavar="FILE", action="append", default=[],
+                   help="read paths from FILE, one a line (blank lines and # comments skipped; repeatable)")
     p.add_argument("--model", metavar="NAME|CKPT", help=MODEL_HELP)
     add_models_dir_arg(p)
     p.add_argument(
@@ -121,7 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     _add_model_args(p)
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output on stdout")
+    p.add_argument("--format", choices=SCORE_FORMATS, default="table",
+                   help="output on stdout: table, csv or jsonl (one JSON object a line) as results arrive, "
+                   "or json (one array at the end)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 2 (and say how many) if any input could not be scored; default: report it "
+                   "in its row and exit 0 when at least one image was scored")
     p.add_argument(
         "--heatmap-dir", type=Path, metavar="DIR",
         help="also write a heat-map overlay PNG per image (NAME.METHOD.png; a colour bar and the score below it)",
@@ -134,7 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "models); gradient: |d score/d pixel|, relative to each image (default for centre-crop models); "
         "gradcam: coarser, relative",
     )
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=cmd_score, parser=p)
 
     g = sub.add_parser(
         "gate",
@@ -152,8 +169,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="images allowed below T before the gate fails (default 0)",
     )
-    g.add_argument("--format", choices=("table", "json"), default="table", help="output on stdout")
-    g.set_defaults(func=cmd_gate)
+    g.add_argument("--format", choices=GATE_FORMATS, default="table",
+                   help="output on stdout (csv columns: path,score,result,error; result = pass, fail or error)")
+    g.set_defaults(func=cmd_gate, parser=g)
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -199,6 +217,16 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return unique, problems
 
 
+def input_specs(args: argparse.Namespace) -> list[str]:
+    """PATH arguments with `-` replaced by the paths on stdin, then the --files-from lists' entries."""
+    specs: list[str] = []
+    for spec in args.paths:
+        specs += read_path_list("-") if spec == "-" else [spec]
+    for source in args.files_from:
+        specs += read_path_list(source)
+    return specs
+
+
 def _load_scorer(args: argparse.Namespace):
     from metaiqa.inference.scorer import Scorer
     from metaiqa.models.pretrained import resolve_checkpoint
@@ -209,25 +237,30 @@ def _load_scorer(args: argparse.Namespace):
     return scorer
 
 
-def _score_rows(scorer, paths: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per path: score, size, or the error that file raised (never raises for a file)."""
+def iter_score_rows(scorer, paths: list[Path], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """One row per path, yielded as each batch finishes: score, size, or the error that file raised."""
     from tqdm import tqdm
 
     quiet = getattr(args, "quiet", False)
     with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=quiet or len(paths) < PROGRESS_MIN) as bar:
-        results = scorer.score_paths_safe(paths, crops=args.crops, batch_size=args.batch_size, progress=bar.update)
-    rows = []
-    for path, res in zip(paths, results, strict=True):
-        row: dict[str, Any] = {"path": str(path), "score": None, "width": None, "height": None}
-        if isinstance(res, Exception):
-            row["error"] = _describe(res)
-            row["error_type"] = type(res).__name__
-            log.warning("cannot score %s: %s", path, row["error"])
-        else:
-            row.update(score=round(res.score, 6), width=res.width, height=res.height, error=None)
-            row["_raw"] = res.score  # the gate compares the unrounded score
-        rows.append(row)
-    return rows
+        for start in range(0, len(paths), args.batch_size):
+            chunk = paths[start : start + args.batch_size]
+            results = scorer.score_paths_safe(chunk, crops=args.crops, batch_size=args.batch_size)
+            bar.update(len(chunk))
+            for path, res in zip(chunk, results, strict=True):
+                yield _row(path, res)
+
+
+def _row(path: Path, res: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"path": str(path), "score": None, "width": None, "height": None}
+    if isinstance(res, Exception):
+        row["error"] = _describe(res)
+        row["error_type"] = type(res).__name__
+        log.warning("cannot score %s: %s", path, row["error"])
+    else:
+        row.update(score=round(res.score, 6), width=res.width, height=res.height, error=None)
+        row["_raw"] = res.score  # the gate compares the unrounded score
+    return row
 
 
 def _describe(exc: BaseException) -> str:
@@ -245,75 +278,58 @@ def _problem_rows(problems: list[tuple[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
-def _write_heatmaps(
-    scorer, rows: list[dict[str, Any]], out_dir: Path, method: str | None, crops: int | None = None
-) -> None:
-    """An overlay PNG per scored row; the score drawn on it comes from the views the map explains."""
-    from metaiqa.errors import InvalidInput
-    from metaiqa.inference.decode import DecodeError, read_image_file
-    from metaiqa.inference.heatmap import default_method, explain, overlay_png
-    from metaiqa.models.checkpoint import atomic_write_bytes
+class HeatmapWriter:
+    """An overlay PNG per scored row (NAME.METHOD.png, unique names); the score drawn on it comes
+    from the views the map explains."""
 
-    method = method or default_method(scorer.preprocess)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    for row in rows:
+    def __init__(self, scorer, out_dir: Path, method: str | None, crops: int | None = None) -> None:
+        from metaiqa.inference.heatmap import default_method
+
+        self.scorer, self.out_dir, self.crops = scorer, out_dir, crops or scorer.crops
+        self.method = method or default_method(scorer.preprocess)
+        self.used: set[str] = set()
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Adds row["heatmap"] (the PNG's path); a file that fails now is logged, not raised."""
+        from metaiqa.errors import InvalidInput
+        from metaiqa.inference.decode import DecodeError, read_image_file
+        from metaiqa.inference.heatmap import explain, overlay_png
+        from metaiqa.models.checkpoint import atomic_write_bytes
+
         if row["score"] is None:
-            continue
-        stem = Path(row["path"]).stem
+            return
+        stem, method = Path(row["path"]).stem, self.method
         name, k = f"{stem}.{method}.png", 1
-        while name in used:
+        while name in self.used:
             k += 1
             name = f"{stem}-{k}.{method}.png"
-        used.add(name)
+        self.used.add(name)
         try:
-            image = read_image_file(row["path"], scorer.limits)
-            res = explain(scorer.model, image, scorer.preprocess, method, crops=crops or scorer.crops)
-            atomic_write_bytes(out_dir / name, overlay_png(image, res.heat, method=method, score=res.score))
-            row["heatmap"] = str(out_dir / name)
+            image = read_image_file(row["path"], self.scorer.limits)
+            res = explain(self.scorer.model, image, self.scorer.preprocess, method, crops=self.crops)
+            atomic_write_bytes(self.out_dir / name, overlay_png(image, res.heat, method=method, score=res.score))
+            row["heatmap"] = str(self.out_dir / name)
         except (DecodeError, InvalidInput, OSError) as exc:  # file changed since scoring, or the folder is not writable
             log.warning("no heatmap for %s: %s", row["path"], _describe(exc))
-
-
-# --- output -----------------------------------------------------------------------------------
-
-
-def _fmt_score(score: float | None) -> str:
-    return "-" if score is None else f"{score:.4f}"
-
-
-def _print_table(header: list[str], lines: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    for line in [header, *lines]:
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
-
-
-def _print_scores(rows: list[dict[str, Any]], fmt: str, model: str) -> None:
-    if fmt == "json":
-        for row in rows:
-            row["model"] = model
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "score", "width", "height", "error"])
-        for r in rows:
-            writer.writerow([r["path"], "" if r["score"] is None else r["score"], r["width"] or "", r["height"] or "", r["error"] or ""])
-    else:
-        lines = [
-            [_fmt_score(r["score"]), str(r["width"] or "-"), str(r["height"] or "-"), r["path"], r["error"] or ""]
-            for r in rows
-        ]
-        _print_table(["score", "width", "height", "path", "error"], lines)
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 
+def _collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
+    if not args.paths and not args.files_from:
+        args.parser.error("give at least one PATH, - (paths on stdin) or --files-from FILE")
+    return expand_inputs(input_specs(args))
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    paths, problems = expand_inputs(args.paths)
+    paths, problems = _collect_inputs(args)
     if not paths:
-        _print_scores(_problem_rows(problems), args.format, args.model or "")
+        writer = ScoreWriter(args.format, args.model or "")
+        for row in _problem_rows(problems):
+            writer.write(row)
+        writer.close()
         sys.stderr.write("metaiqa score: error: no image files to score\n")
         return EXIT_USAGE
     if args.heatmap_dir is not None:
@@ -321,26 +337,40 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         ensure_writable_dir(args.heatmap_dir, "--heatmap-dir")  # before scoring, not after
     scorer = _load_scorer(args)
-    rows = _problem_rows(problems) + _score_rows(scorer, paths, args)
-    if args.heatmap_dir is not None:
-        _write_heatmaps(scorer, rows, args.heatmap_dir, args.heatmap_method, args.crops)
-    for r in rows:
-        r.pop("_raw", None)
-    _print_scores(rows, args.format, scorer.name)
-    n_ok = sum(r["score"] is not None for r in rows)
-    if n_ok < len(rows):
-        log.warning("scored %d of %d inputs; %d could not be read", n_ok, len(rows), len(rows) - n_ok)
+    heat = HeatmapWriter(scorer, args.heatmap_dir, args.heatmap_method, args.crops) if args.heatmap_dir else None
+    writer = ScoreWriter(args.format, scorer.name)
+    n_rows = n_ok = 0
+    for row in _problem_rows(problems):
+        n_rows += 1
+        writer.write(row)
+    for row in iter_score_rows(scorer, paths, args):
+        if heat is not None:
+            heat.write(row)
+        writer.write(row)
+        n_rows += 1
+        n_ok += row["score"] is not None
+    writer.close()
+    return _score_exit(n_ok, n_rows, args.strict)
+
+
+def _score_exit(n_ok: int, n_rows: int, strict: bool) -> int:
+    n_bad = n_rows - n_ok
+    if n_bad:
+        log.warning("scored %d of %d inputs; %d could not be read", n_ok, n_rows, n_bad)
+    if strict and n_bad:
+        sys.stderr.write(f"metaiqa score: error: {n_bad} of {n_rows} inputs could not be scored (--strict)\n")
+        return EXIT_USAGE
     return EXIT_OK if n_ok else EXIT_USAGE
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    paths, problems = expand_inputs(args.paths)
+    paths, problems = _collect_inputs(args)
     rows = _problem_rows(problems)
     model = args.model or ""
     if paths:
         scorer = _load_scorer(args)
         model = scorer.name
-        rows += _score_rows(scorer, paths, args)
+        rows += list(iter_score_rows(scorer, paths, args))
     for r in rows:
         r["passed"] = None if r["score"] is None else bool(r.pop("_raw") >= args.min_score)
     n_pass = sum(r["passed"] is True for r in rows)
@@ -352,25 +382,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
         verdict, code = "fail", EXIT_GATE_FAILED
     else:
         verdict, code = "pass", EXIT_OK
-    if args.format == "json":
-        report = {
-            "verdict": verdict,
-            "model": model,
-            "min_score": args.min_score,
-            "max_failures": args.max_failures,
-            "passed": n_pass,
-            "failed": n_fail,
-            "unreadable": n_error,
-            "results": rows,
-        }
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        status = {True: "PASS", False: "FAIL", None: "ERROR"}
-        _print_table(
-            ["result", "score", "path", "note"],
-            [[status[r["passed"]], _fmt_score(r["score"]), r["path"], r.get("error") or ""] for r in rows],
-        )
+    report = {"verdict": verdict, "model": model, "min_score": args.min_score, "max_failures": args.max_failures,
+              "passed": n_pass, "failed": n_fail, "unreadable": n_error}
+    write_gate(rows, args.format, report)
     sys.stderr.write(
         f"gate {verdict.upper()}: {n_pass} passed, {n_fail} below {args.min_score} "
         f"(at most {args.max_failures} allowed), {n_error} unreadable\n"
