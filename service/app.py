@@ -3,7 +3,9 @@
     uvicorn --factory metaiqa.service.app:create_app_from_env        (what `metaiqa serve` runs)
 
 Layout: /v1/* (score, heatmap, gate, validate, reports, models; behind the optional API key),
-/healthz, /readyz, /metrics, and the web page at / (static files, no CDN).
+/healthz, /readyz, /metrics, and the web page at / (static files, no CDN). /docs (Swagger UI) and
+/redoc load their JS/CSS from /static-offline-docs (bundled by the fastapi-offline package), so they
+work offline too.
 """
 
 import logging
@@ -16,6 +18,7 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from metaiqa.service.batching import InferenceQueue
 from metaiqa.service.deps import ServiceState, require_api_key
 from metaiqa.service.errors import error_responses, install_error_handlers
@@ -108,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if own_reports:
                 shutil.rmtree(reports, ignore_errors=True)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI whose /docs and /redoc use locally served assets, no CDN
         title="metaiqa",
         version=__version__,
         description="No-reference image quality scores (MetaIQA), heatmaps, quality gates and validation reports.",
@@ -145,6 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:  # browsers (and /docs) ask here whatever the page links
+        return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

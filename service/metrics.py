@@ -1,167 +1,118 @@
-"""A small Prometheus registry (text exposition format 0.0.4), so the service needs no extra package.
+"""The service's Prometheus metrics, on `prometheus_client`.
 
-Only what the service uses: labelled counters, histograms and callback gauges, thread-safe.
-Each app owns its own `Registry`, so tests never see another app's numbers.
+Each app owns a `ServiceMetrics` with its own `CollectorRegistry` (never the global one), so
+two apps in one process (tests) never see each other's numbers. The names and labels are the
+ones dashboards already use:
+
+    metaiqa_http_requests_total{route,method,status}      metaiqa_images_scored_total{model}
+    metaiqa_http_request_duration_seconds{route}          metaiqa_scores{model}  (histograms)
+    metaiqa_batch_size                                    metaiqa_queue_rejections_total
+    metaiqa_client_aborts_total                           + the gauges the app adds (queue depth, ...)
+
+plus what prometheus_client collects for free: `process_*` (CPU seconds, resident memory, open
+file descriptors, start time; only where /proc exists, i.e. Linux), `python_info` and `python_gc_*`.
+`/metrics` answers the Prometheus text format 0.0.4, or OpenMetrics when the scraper asks
+for it in its Accept header.
 """
 
-import bisect
+import logging
 import math
-import threading
 from collections.abc import Callable, Sequence
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+
+log = logging.getLogger("metaiqa.service.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Labelled:
+    """Keyword labels at the call site (`requests.inc(route=..., method=..., status=...)`) on a
+    prometheus_client metric, so callers need not know the client's `.labels()` chaining."""
+
+    def __init__(self, metric: Counter | Histogram):
+        self.metric = metric
+
+    def _child(self, labels: dict[str, str]):
+        return self.metric.labels(**{k: str(v) for k, v in labels.items()}) if labels else self.metric
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _num(x: float) -> str:
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    x = float(x)
-    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, doc: str, labelnames: Sequence[str] = ()):
-        self.name, self.doc, self.labelnames = name, doc, tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name}: labels {sorted(labels)} != {sorted(self.labelnames)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self._values: dict[tuple[str, ...], float] = {} if self.labelnames else {(): 0.0}
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name}_total {self.doc}", f"# TYPE {self.name}_total counter"]
-
+class _Counter(_Labelled):
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [f"{self.name}_total{_labels(self.labelnames, k)} {_num(v)}" for k, v in items]
+        self._child(labels).inc(amount)
 
 
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, doc: str, buckets: Sequence[float], labelnames: Sequence[str] = ()):
-        super().__init__(name, doc, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self._series: dict[tuple[str, ...], list] = {}  # key -> [counts per bucket + inf, sum]
-
+class _Histogram(_Labelled):
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        idx = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            series = self._series.setdefault(key, [[0] * (len(self.buckets) + 1), 0.0])
-            series[0][idx] += 1
-            series[1] += value
-
-    def count(self, **labels: str) -> int:
-        series = self._series.get(self._key(labels))
-        return sum(series[0]) if series else 0
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        with self._lock:
-            items = sorted((k, (list(v[0]), v[1])) for k, v in self._series.items())
-        for key, (counts, total) in items:
-            running = 0
-            for bound, c in zip((*self.buckets, math.inf), counts, strict=True):
-                running += c
-                le = 'le="' + _num(bound) + '"'
-                lines.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_num(total)}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {running}")
-        return lines
+        self._child(labels).observe(value)
 
 
-class CallbackGauge(_Metric):
-    """A gauge read at scrape time (queue depth, loaded models)."""
+def _safe(name: str, fn: Callable[[], float]) -> Callable[[], float]:
+    """A gauge read at scrape time; a failing callback reads NaN instead of breaking the scrape."""
 
-    kind = "gauge"
-
-    def __init__(self, name: str, doc: str, fn: Callable[[], float]):
-        super().__init__(name, doc)
-        self.fn = fn
-
-    def render(self) -> list[str]:
+    def read() -> float:
         try:
-            value = float(self.fn())
-        except Exception:  # a broken gauge must not break the scrape
-            value = math.nan
-        return self.header() + [f"{self.name} {_num(value) if not math.isnan(value) else 'NaN'}"]
+            return float(fn())
+        except Exception as exc:  # any fault in a gauge callback
+            log.warning("metric %s: callback failed (%s: %s); reporting NaN", name, type(exc).__name__, exc)
+            return math.nan
 
-
-class Registry:
-    def __init__(self) -> None:
-        self._metrics: list[_Metric] = []
-
-    def add(self, metric: _Metric) -> _Metric:
-        if any(m.name == metric.name for m in self._metrics):
-            raise ValueError(f"metric {metric.name!r} registered twice")
-        self._metrics.append(metric)
-        return metric
-
-    def render(self) -> str:
-        return "\n".join(line for m in self._metrics for line in m.render()) + "\n"
+    return read
 
 
 class ServiceMetrics:
     """The service's metrics; the app creates one per instance."""
 
-    def __init__(self) -> None:
-        self.registry = Registry()
-        r = self.registry
-        self.requests = r.add(
-            Counter("metaiqa_http_requests", "HTTP requests by route template, method and status", ("route", "method", "status"))
+    def __init__(self, process_metrics: bool = True) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = self._counter(
+            "metaiqa_http_requests", "HTTP requests by route template, method and status", ("route", "method", "status")
         )
-        self.latency = r.add(
-            Histogram("metaiqa_http_request_duration_seconds", "HTTP request latency", LATENCY_BUCKETS, ("route",))
+        self.latency = _Histogram(Histogram("metaiqa_http_request_duration_seconds", "HTTP request latency",
+                                            ("route",), buckets=LATENCY_BUCKETS, registry=r))
+        self.scores = _Histogram(Histogram("metaiqa_scores", "predicted quality scores", ("model",),
+                                           buckets=SCORE_BUCKETS, registry=r))
+        self.images = self._counter("metaiqa_images_scored", "images scored", ("model",))
+        self.batch_size = _Histogram(Histogram("metaiqa_batch_size", "images per model forward pass",
+                                               buckets=BATCH_BUCKETS, registry=r))
+        self.rejected = self._counter("metaiqa_queue_rejections", "requests refused because the queue was full")
+        self.client_aborts = self._counter(
+            "metaiqa_client_aborts", "requests abandoned by the client before its body arrived (status 499)"
         )
-        self.scores = r.add(Histogram("metaiqa_scores", "predicted quality scores", SCORE_BUCKETS, ("model",)))
-        self.images = r.add(Counter("metaiqa_images_scored", "images scored", ("model",)))
-        self.batch_size = r.add(Histogram("metaiqa_batch_size", "images per model forward pass", BATCH_BUCKETS))
-        self.rejected = r.add(Counter("metaiqa_queue_rejections", "requests refused because the queue was full"))
-        self.client_aborts = r.add(
-            Counter("metaiqa_client_aborts", "requests abandoned by the client before its body arrived (status 499)")
-        )
+        if process_metrics:
+            ProcessCollector(registry=r)  # yields nothing where the platform has no /proc
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    def _counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> _Counter:
+        return _Counter(Counter(name, doc, tuple(labelnames), registry=self.registry))
 
     def add_gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
-        self.registry.add(CallbackGauge(name, doc, fn))
+        Gauge(name, doc, registry=self.registry).set_function(_safe(name, fn))
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """One sample's current value (e.g. `sample("metaiqa_images_scored_total", model="x")`), None if absent."""
+        return self.registry.get_sample_value(name, labels)
 
     def render(self) -> str:
-        return self.registry.render()
+        """The text exposition format 0.0.4."""
+        return generate_latest(self.registry).decode("utf-8")
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) in the format the scraper's Accept header asks for (0.0.4 by default)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type

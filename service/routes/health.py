@@ -1,10 +1,9 @@
 """Liveness, readiness and Prometheus metrics (outside /v1, never behind the API key)."""
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from metaiqa.service.deps import State
 from metaiqa.service.errors import error_responses
-from metaiqa.service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -27,5 +26,7 @@ async def readyz(state: State):
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: State) -> PlainTextResponse:
-    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(state: State, request: Request) -> Response:
+    """Prometheus text format 0.0.4 (OpenMetrics when the Accept header asks for it)."""
+    body, content_type = state.metrics.exposition(request.headers.get("accept", ""))
+    return Response(body, media_type=content_type)
