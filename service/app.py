@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from metaiqa.service import finetune_job
 from metaiqa.service.batching import InferenceQueue
 from metaiqa.service.deps import ServiceState, require_api_key
 from metaiqa.service.errors import error_responses, install_error_handlers
@@ -26,7 +27,7 @@ from metaiqa.service.jobs import JobStore
 from metaiqa.service.metrics import ServiceMetrics
 from metaiqa.service.middleware import LimitAndMeasure
 from metaiqa.service.models import ModelSet, load_models
-from metaiqa.service.routes import gate, health, heatmap, models, score, validate
+from metaiqa.service.routes import finetune, gate, health, heatmap, models, score, validate
 from metaiqa.service.settings import Settings, load_settings
 
 from metaiqa import __version__
@@ -35,6 +36,7 @@ log = logging.getLogger("metaiqa.service")
 
 STATIC_DIR = Path(__file__).parent / "static"
 VALIDATE_PATH = "/v1/validate"
+UPLOAD_JOB_PATHS = (VALIDATE_PATH, "/v1/fine-tune")  # zip uploads: validate_max_zip_bytes
 REPORT_DISK_ALLOWANCE = 16 * 2**20
 
 
@@ -102,10 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reports.mkdir(parents=True, exist_ok=True)
         state.jobs = JobStore(reports, max_pending=settings.validate_max_pending, keep=settings.validate_keep_reports,
                               max_disk_bytes=job_disk_limit(settings))
+        finetune_job.start(state, reports)  # fine-tune job store + models-dir registry (re-scans, polling)
         log.info("serving models %s (default %s)", sorted(loaded.models), loaded.default)
         try:
             yield
         finally:
+            finetune_job.stop(state)
             state.jobs.shutdown()
             state.queue.stop()
             if own_reports:
@@ -122,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     def body_limit(path: str) -> int:
-        return settings.validate_max_zip_bytes if path == VALIDATE_PATH else settings.max_upload_bytes
+        return settings.validate_max_zip_bytes if path in UPLOAD_JOB_PATHS else settings.max_upload_bytes
 
     templates: dict[int, str] = {}  # route object -> full path template, for metric labels
 
@@ -139,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # every /v1 route: a bad Content-Length (400), the API key (401), the streamed body limit (413)
     # and field validation (422) answer {"detail": "..."}; routes add their own statuses
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=error_responses(400, 401, 413, 422))
-    for module in (score, heatmap, gate, validate, models):
+    for module in (score, heatmap, gate, validate, finetune, models):
         v1.include_router(module.router)
         templates.update({id(r): "/v1" + r.path for r in module.router.routes})
     app.include_router(v1)

@@ -7,6 +7,10 @@ symlinks; encrypted entries; more than `max_files` entries; declared sizes above
 a per-entry compression ratio above `max_ratio` (zip bombs). While extracting, the bytes that
 really come out are counted too, since headers can lie, and any file-system refusal becomes a
 BadArchive naming the entry. Labels: MOS must be finite and within +-1e12.
+
+Shared by the upload jobs (POST /v1/validate, POST /v1/fine-tune): `read_archive_form` (the
+multipart field `archive` and the other fields), `int_field`, `unpack_job_input` (extract into
+the job's folder with the validate_* limits, recording its disk use, and read the labels).
 """
 
 import csv
@@ -17,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from metaiqa.service.errors import ServiceError
+from metaiqa.service.errors import BadField, ServiceError
 
 from metaiqa.data.samples import Sample
 
@@ -228,3 +232,48 @@ def read_labels(csv_path: Path, root: Path, max_rows: int) -> list[Sample]:
     if len(samples) < 3:
         raise BadArchive(f"{csv_path.name}: {len(samples)} labelled images; at least 3 are needed")
     return samples
+
+
+# ---------------------------------------------------------------------------- upload jobs
+
+
+def archive_limits(settings) -> ArchiveLimits:
+    return ArchiveLimits(max_files=settings.validate_max_files, max_total=settings.validate_max_uncompressed_bytes,
+                         max_ratio=settings.validate_max_ratio)
+
+
+async def read_archive_form(request, settings) -> tuple[object, dict]:
+    """(the UploadFile in multipart field `archive`, the other fields); BadField without one."""
+    from metaiqa.service.deps import read_form
+    from starlette.datastructures import UploadFile
+
+    form = await read_form(request, settings)
+    archive = form.get("archive")
+    if not isinstance(archive, UploadFile):
+        raise BadField("expected a zip file in multipart field 'archive'")
+    return archive, {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+
+
+def int_field(fields: dict, name: str, default: int, lo: int, hi: int) -> int:
+    """An optional integer form field within [lo, hi]; BadField naming it otherwise."""
+    raw = fields.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise BadField(f"{name} {str(raw)[:40]!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise BadField(f"{name} {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def unpack_job_input(data: bytes, job, store, settings, max_rows: int | None = None) -> list[Sample]:
+    """Extract an upload into `job.dir/input` and read its labels (run it off the event loop);
+    the job's disk use is recorded in `store` as it grows."""
+    root = job.dir / "input"
+    root.mkdir()
+    store.set_input_size(job, len(data))
+    files = extract_archive(data, root, archive_limits(settings))
+    store.set_input_size(job, sum(f.stat().st_size for f in files))
+    return read_labels(find_label_file(files, root.resolve()), root, max_rows or settings.validate_max_files)

@@ -38,6 +38,8 @@ class ServiceState:
     models: ModelSet = field(default_factory=ModelSet)
     queue: InferenceQueue | None = None
     jobs: Any = None  # service.jobs.JobStore
+    finetune_jobs: Any = None  # service.jobs.JobStore of kind "fine-tune"
+    registry: Any = None  # service.models.ModelRegistry: re-scans models_dir, swaps `models`
     decode_limiter: anyio.CapacityLimiter | None = None
     admitted: int = 0  # image requests past `admit` and not finished (event loop only, no lock needed)
 

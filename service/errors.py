@@ -102,11 +102,11 @@ _WHEN = {
     401: "missing or wrong API key",
     403: "feature disabled on this server",
     404: "unknown model, report or job",
-    409: "report not ready yet",
+    409: "report not ready yet, or a model name that is taken (bundled or served from elsewhere)",
     413: "body, image or pixel count over a limit, or too many images",
     415: "not an accepted image format or content type",
     422: "invalid field, unreadable or corrupt image, image the model's policy refuses",
-    429: "too many validation jobs; see Retry-After",
+    429: "too many validation or fine-tune jobs; see Retry-After",
     503: "saturated (queue full; see Retry-After) or no model loaded",
 }
 

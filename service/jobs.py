@@ -1,9 +1,11 @@
-"""Validation jobs: a report per labelled upload, computed in the background, bounded in number.
+"""Background jobs (validation reports, fine-tunes): computed off the event loop, bounded in number.
 
-One job thread (so validation never takes more than one core away from scoring); at most
-`max_pending` jobs queued or running (more -> 429); the oldest finished reports beyond
-`keep` are deleted with their files. Images are scored through the inference queue, in
-micro-batches like any request, so the model is only ever used by the inference thread.
+One store per kind of job, each with one job thread (so a kind never takes more than one core
+away from scoring; fine-tunes in particular run one at a time); at most `max_pending` jobs
+queued or running (more -> 429); the oldest finished jobs beyond `keep` are deleted with their
+files. Validation scores through the inference queue, in micro-batches like any request, so
+a served model is only ever used by the inference thread; a fine-tune trains its own copy.
+`stopping` is set at shutdown: long jobs check it (and their deadline) to give up early.
 
 Disk: a job's unpacked input (`JOB/input`) is deleted when the job ends, whatever its outcome,
 so only pending jobs hold inputs and finished ones hold just their report. `max_disk_bytes`
@@ -43,6 +45,7 @@ class Job:
     id: str
     model: str
     dir: Path
+    kind: str = "validation"  # validation | fine-tune
     status: str = "queued"  # queued | running | done | failed
     created: str = field(default_factory=_now)
     finished: str | None = None
@@ -51,21 +54,31 @@ class Job:
     report: dict[str, Any] | None = None
     files: dict[str, Path] = field(default_factory=dict)
     disk_bytes: int = 0  # what the job's folder holds (input while pending, report when done)
+    progress: dict[str, Any] | None = None  # long jobs: what they are doing now
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific public fields
 
-    def public(self, base: str) -> dict[str, Any]:
+    def links(self, base: str) -> dict[str, str]:
+        if self.kind != "validation":
+            return {"self": f"{base}/v1/jobs/{self.id}"}
         links = {"self": f"{base}/v1/reports/{self.id}"}
         if self.status == "done":
             links.update(html=f"{base}/v1/reports/{self.id}/report.html", scatter=f"{base}/v1/reports/{self.id}/scatter.png")
+        return links
+
+    def public(self, base: str) -> dict[str, Any]:
         return {
             "id": self.id,
+            "kind": self.kind,
             "status": self.status,
             "model": self.model,
             "created": self.created,
             "finished": self.finished,
             "n_images": self.n_images,
             "error": self.error,
+            "progress": self.progress,
             "report": self.report,
-            "links": links,
+            **self.extra,
+            "links": self.links(base),
         }
 
 
@@ -82,12 +95,17 @@ def folder_bytes(path: Path) -> int:
 
 
 class JobStore:
-    def __init__(self, root: Path, *, max_pending: int, keep: int, max_disk_bytes: int | None = None):
+    def __init__(self, root: Path, *, max_pending: int, keep: int, max_disk_bytes: int | None = None,
+                 kind: str = "validation"):
         self.root = Path(root)
         self.max_pending, self.keep, self.max_disk_bytes = max_pending, keep, max_disk_bytes
+        self.kind = kind
+        self.noun = "report" if kind == "validation" else f"{kind} job"
+        self.stopping = threading.Event()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaiqa-validate")
+        prefix = "metaiqa-validate" if kind == "validation" else f"metaiqa-{kind}"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=prefix)
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaiqa-cleanup")
 
     def _pending(self) -> int:  # caller holds the lock
@@ -105,21 +123,21 @@ class JobStore:
         """TooManyJobs (429 + Retry-After) when the backlog is full: called before an upload is read."""
         with self._lock:
             if self._pending() >= self.max_pending:
-                raise TooManyJobs(f"{self._pending()} validation jobs already queued or running "
+                raise TooManyJobs(f"{self._pending()} {self.kind} jobs already queued or running "
                                   f"(limit {self.max_pending}); refused before reading the upload")
 
     def reserve(self, model: str) -> Job:
         """A new job slot with its own folder, or TooManyJobs when the backlog or the disk is full."""
         with self._lock:
             if self._pending() >= self.max_pending:
-                raise TooManyJobs(f"{self._pending()} validation jobs already queued or running (limit {self.max_pending})")
+                raise TooManyJobs(f"{self._pending()} {self.kind} jobs already queued or running (limit {self.max_pending})")
             self._evict()
             busy = sum(j.disk_bytes for j in self._jobs.values() if j.status in ("queued", "running"))
             if self.max_disk_bytes is not None and busy >= self.max_disk_bytes:
-                raise TooManyJobs(f"validation storage is full: {busy} bytes held by queued/running jobs "
+                raise TooManyJobs(f"{self.kind} storage is full: {busy} bytes held by queued/running jobs "
                                   f"(limit {self.max_disk_bytes}); retry when they finish")
             job_id = str(uuid.uuid4())
-            job = Job(job_id, model, self.root / job_id)
+            job = Job(job_id, model, self.root / job_id, kind=self.kind)
             job.dir.mkdir(parents=True)
             self._jobs[job_id] = job
             return job
@@ -147,6 +165,10 @@ class JobStore:
         with self._lock:
             job.status, job.error = status, error
 
+    def set_progress(self, job: Job, progress: dict[str, Any]) -> None:
+        with self._lock:
+            job.progress = dict(progress)
+
     def _run(self, job: Job, work: Callable[[Job], None]) -> None:
         self._set_status(job, "running")
         try:
@@ -154,10 +176,10 @@ class JobStore:
             self._set_status(job, "done")
         except MetaIQAError as exc:
             self._set_status(job, "failed", str(exc))
-            log.info("validation job %s failed: %s", job.id, exc)
+            log.info("%s job %s failed: %s", self.kind, job.id, exc)
         except Exception as exc:  # noqa: BLE001  a bug must not kill the job thread
             self._set_status(job, "failed", f"internal error ({type(exc).__name__})")
-            log.exception("validation job %s crashed", job.id)
+            log.exception("%s job %s crashed", self.kind, job.id)
         finally:
             shutil.rmtree(job.dir / "input", ignore_errors=True)  # whatever the outcome (job thread, not the loop)
             size = folder_bytes(job.dir)
@@ -183,10 +205,15 @@ class JobStore:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise ReportNotFound(f"no report with id {job_id!r} (unknown, or dropped after newer reports)")
+            raise ReportNotFound(f"no {self.noun} with id {job_id!r} (unknown, or dropped after newer ones)")
         return job
 
+    def find(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
     def shutdown(self) -> None:
+        self.stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._cleaner.shutdown(wait=True)
 

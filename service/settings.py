@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     validate_data_roots: list[Path] = Field(default_factory=list, description="allowed roots for server specs")
     reports_dir: Path | None = Field(None, description="where reports are written (None: a temp dir)")
 
+    # fine-tune jobs (POST /v1/fine-tune; uploads share the validate_* zip limits) and the models dir
+    finetune_enabled: bool = Field(True, description="needs models_dir: new models are written there")
+    finetune_max_images: int = Field(2000, ge=3, description="labelled images per fine-tune upload; more -> 413")
+    finetune_max_pending: int = Field(2, ge=1, description="fine-tunes queued + running (one runs at a time); "
+                                      "more -> 429")
+    finetune_max_seconds: float = Field(1800.0, gt=0, description="a fine-tune still training after this fails "
+                                        "(checked after every epoch)")
+    finetune_max_epochs: int = Field(30, ge=1, description="largest `epochs` a request may ask for")
+    finetune_default_epochs: int = Field(10, ge=1, description="`epochs` when the request names none")
+    finetune_keep_jobs: int = Field(20, ge=1, description="finished fine-tune job records kept")
+    models_poll_s: float = Field(5.0, ge=0, description="re-scan models_dir when its listing changes, checked "
+                                 "this often (0: only on POST /v1/models/reload)")
+
     # auth
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list; empty: no auth")
 

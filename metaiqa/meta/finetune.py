@@ -19,7 +19,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -197,6 +197,10 @@ class _Setup:
     train_cache: Any  # the same, or the "resize" policy's rescaled images: training crops
     across: bool  # rank across images (every image its own content)
     bar: Any = None
+    #: called after every epoch with {"fold" (0 = final fit), "epoch", "epochs", "planned",
+    #: "train_loss", "val_srocc"}; it may raise to abandon the fine-tune (a deadline, a shutdown)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    planned: int = 0  # epochs the bar expects: cfg.epochs per fold + cfg.epochs for the final fit
 
 
 def _optimizer(net: nn.Module, cfg: FineTuneConfig) -> torch.optim.Optimizer:
@@ -257,6 +261,9 @@ def fit(model: nn.Module, train: Sequence[Sample], setup: _Setup, epochs: int, k
         if setup.bar is not None:
             setup.bar.update(1)
             setup.bar.set_postfix(fold=key or "final", loss=rows[-1]["train_loss"], val=rows[-1].get("val_srocc"))
+        if setup.on_epoch is not None:
+            setup.on_epoch({"fold": key, "epoch": epoch, "epochs": epochs, "planned": setup.planned,
+                            "train_loss": rows[-1]["train_loss"], "val_srocc": rows[-1].get("val_srocc")})
     net.eval()
     return net, rows
 
@@ -283,6 +290,7 @@ def fine_tune(
     preprocess: dict[str, Any] | None = None,
     progress: bool = True,
     cache: Any = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune a COPY of `model` (left untouched) on the labelled `samples` (the shots); returns (copy, history).
 
@@ -290,7 +298,8 @@ def fine_tune(
     (`metaiqa.meta.selection`), or is cfg.epochs when there are too few shots to select;
     the copy is then fitted on all of `samples` for that many epochs. Only `samples` are
     read. `preprocess` is the checkpoint's scoring policy (held-out folds are scored the way
-    the Scorer will); `cache` (an ImageCache) lets repeated calls decode each image once.
+    the Scorer will); `cache` (an ImageCache) lets repeated calls decode each image once;
+    `on_epoch` sees every finished epoch (see `_Setup.on_epoch`; the service's job progress).
     Deterministic for cfg.seed whatever the order of `samples`; the caller's global torch RNG
     state is restored afterwards.
     """
@@ -305,9 +314,10 @@ def fine_tune(
     size = int(cfg.crop_size or preprocess.get("size", 224))
     train_cache = _ResizedCache(cache, int(preprocess.get("size", size))) if preprocess.get("policy") == "resize" \
         else cache
-    setup = _Setup(cfg, preprocess, size, cache, train_cache, rank_across_images(samples))
+    setup = _Setup(cfg, preprocess, size, cache, train_cache, rank_across_images(samples), on_epoch=on_epoch)
     plan = plan_folds(samples, cfg.folds, cfg.seed)
-    setup.bar = tqdm(total=cfg.epochs * (len(plan.folds) + 1), desc="fine-tune", unit="epoch",
+    setup.planned = cfg.epochs * (len(plan.folds) + 1)
+    setup.bar = tqdm(total=setup.planned, desc="fine-tune", unit="epoch",
                      disable=not progress, leave=False)
     try:
         with torch.random.fork_rng(devices=[]):

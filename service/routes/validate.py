@@ -15,8 +15,8 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
-from metaiqa.service.archive import ArchiveLimits, extract_archive, find_label_file, read_labels
-from metaiqa.service.deps import ModelDep, SettingsDep, State, _json_body, read_form
+from metaiqa.service.archive import int_field, read_archive_form, unpack_job_input
+from metaiqa.service.deps import ModelDep, SettingsDep, State, _json_body
 from metaiqa.service.errors import (
     BadField,
     ReportNotReady,
@@ -27,7 +27,6 @@ from metaiqa.service.errors import (
 from metaiqa.service.jobs import ID_PATTERN, Job, score_through_queue
 from metaiqa.service.openapi import VALIDATE_UPLOAD
 from metaiqa.service.settings import Settings
-from starlette.datastructures import UploadFile
 
 from metaiqa.data.samples import Sample
 from metaiqa.errors import MetaIQAError
@@ -37,19 +36,6 @@ router = APIRouter(tags=["validate"])
 ReportId = Annotated[str, PathParam(pattern=ID_PATTERN, description="the id POST /v1/validate returned")]
 MAX_SPLITS = 100
 _HTML_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _int_field(fields: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    raw = fields.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(str(raw))
-    except ValueError:
-        raise BadField(f"{name} {str(raw)[:40]!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise BadField(f"{name} {value} is outside [{lo}, {hi}]")
-    return value
 
 
 def _server_samples(spec: str, settings: Settings) -> list[Sample]:
@@ -72,22 +58,6 @@ def _server_samples(spec: str, settings: Settings) -> list[Sample]:
     if len(samples) > settings.validate_max_files:
         raise BadField(f"data set has {len(samples)} images; the limit is {settings.validate_max_files}")
     return samples
-
-
-def _unpack(data: bytes, job: Job, state) -> list[Sample]:
-    """Extract and read the labels (job thread); the job's disk use is recorded as it grows."""
-    settings: Settings = state.settings
-    root = job.dir / "input"
-    root.mkdir()
-    limits = ArchiveLimits(
-        max_files=settings.validate_max_files,
-        max_total=settings.validate_max_uncompressed_bytes,
-        max_ratio=settings.validate_max_ratio,
-    )
-    state.jobs.set_input_size(job, len(data))
-    files = extract_archive(data, root, limits)
-    state.jobs.set_input_size(job, sum(f.stat().st_size for f in files))
-    return read_labels(find_label_file(files, root.resolve()), root, settings.validate_max_files)
 
 
 def _make_work(state, served, samples: list[Sample], splits: int, seed: int, input_root: Path | None):
@@ -129,11 +99,7 @@ async def validate(request: Request, served: ModelDep, state: State, settings: S
     state.jobs.check_room()  # a full backlog refuses before the (up to 100 MB) archive is received
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await read_form(request, settings)
-        archive = form.get("archive")
-        if not isinstance(archive, UploadFile):
-            raise BadField("expected a zip file in multipart field 'archive'")
-        fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+        archive, fields = await read_archive_form(request, settings)
         spec = None
     elif ctype.startswith("application/json"):
         fields = await _json_body(request)
@@ -142,8 +108,8 @@ async def validate(request: Request, served: ModelDep, state: State, settings: S
         spec, archive = fields["spec"], None
     else:
         raise UnsupportedMediaType("send multipart/form-data with a zip in field 'archive' (or JSON spec if enabled)")
-    splits = _int_field(fields, "splits", 1, 1, MAX_SPLITS)
-    seed = _int_field(fields, "seed", 0, 0, 2**31 - 1)
+    splits = int_field(fields, "splits", 1, 1, MAX_SPLITS)
+    seed = int_field(fields, "seed", 0, 0, 2**31 - 1)
     if spec is not None:
         samples = await anyio.to_thread.run_sync(_server_samples, spec, settings)
 
@@ -151,7 +117,7 @@ async def validate(request: Request, served: ModelDep, state: State, settings: S
     try:
         if archive is not None:
             data = await archive.read()
-            samples = await anyio.to_thread.run_sync(_unpack, data, job, state)
+            samples = await anyio.to_thread.run_sync(unpack_job_input, data, job, state.jobs, settings)
             input_root = (job.dir / "input").resolve()
         else:
             input_root = None
