@@ -1,10 +1,15 @@
-"""Inference off the event loop: one worker thread, a bounded queue, micro-batches.
+"""Inference off the event loop: a worker thread per lane, a bounded queue, micro-batches.
 
 Requests that arrive together for the same model are scored in one forward pass (up to
-`max_batch` images, waiting at most `max_wait_s` for company). Everything else that touches a
-model (heatmaps register hooks and need gradients) runs on the same thread as a plain call, so
-the model is never used by two threads at once. A full queue refuses new work immediately
-(`QueueFull` -> 503 + Retry-After) instead of letting latency grow without bound.
+`max_batch` images, waiting at most `max_wait_s` for company). The worker only runs forward
+passes: each image's views (resize and crops in uint8, float views) are built before queueing,
+on the request's side (`scores` runs `scorer.prepare` in a worker thread of the event loop's
+pool; `submit_scores` in the calling thread). The service runs two lanes, each an
+`InferenceQueue` with its own thread, capacity and intra-op threads: scores, and heatmaps
+(plain calls, which register hooks and need gradients), so a score request never waits behind
+a heatmap; torch's eager model is safe to run from two threads at once in inference (no
+module state is changed). A full queue refuses new work immediately (`QueueFull` -> 503 +
+Retry-After) instead of letting latency grow without bound.
 
 Nothing can hang on a dead worker: the worker loop survives any exception (the batch it was
 working on gets it), if the thread still ends abnormally every queued future fails with
@@ -14,6 +19,7 @@ working on gets it), if the thread still ends abnormally every queued future fai
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -23,6 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import numpy as np
 from metaiqa.service.errors import QueueFull, ServiceError
 
@@ -53,7 +60,7 @@ class InferenceTimeout(ServiceError):
 class _Item:
     future: Future
     scorer: Any = None  # score items: the Scorer; call items: None
-    image: np.ndarray | None = None
+    views: Any = None  # score items: the image's float views, from scorer.prepare
     call: Callable[[], Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -74,8 +81,13 @@ class InferenceQueue:
         on_batch: BatchHook | None = None,
         on_reject: Callable[[], None] | None = None,
         result_timeout_s: float = RESULT_TIMEOUT_S,
+        name: str = "inference",
+        threads: int | None = None,
+        nice: int = 0,
     ):
         self.capacity, self.max_batch, self.max_wait_s = capacity, max_batch, max_wait_s
+        self.name, self.threads, self.nice = name, threads, nice
+        self.admitted = 0  # requests of this lane being received, decoded or served (event loop only)
         self.retry_after_s, self.result_timeout_s = retry_after_s, result_timeout_s
         self._dead: str | None = None  # why the worker thread ended abnormally
         self._on_batch, self._on_reject = on_batch, on_reject
@@ -87,7 +99,7 @@ class InferenceQueue:
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="metaiqa-inference", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"metaiqa-{self.name}", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -137,8 +149,15 @@ class InferenceQueue:
             self._cond.notify_all()
 
     def submit_scores(self, scorer: Any, images: list[np.ndarray]) -> list[Future]:
-        """Queue all images of one request, or none of them (raises QueueFull)."""
-        items = [_Item(Future(), scorer=scorer, image=img) for img in images]
+        """Queue all images of one request, or none of them (raises QueueFull); their views are
+        built here, in the calling thread (never call this on the event loop: use `scores`)."""
+        with self._cond:
+            self._refuse_unless_room(len(images))
+        return self.submit_views(scorer, scorer.prepare(images))
+
+    def submit_views(self, scorer: Any, views: list[Any]) -> list[Future]:
+        """Queue images already turned into views by `scorer.prepare` (all or none: QueueFull)."""
+        items = [_Item(Future(), scorer=scorer, views=v) for v in views]
         self._put(items)
         return [it.future for it in items]
 
@@ -148,8 +167,15 @@ class InferenceQueue:
         return item.future
 
     async def scores(self, scorer: Any, images: list[np.ndarray]) -> list[tuple[float, float]]:
-        """Await the scores of `images`: [(score, seconds from enqueue to result)]."""
-        futures = self.submit_scores(scorer, images)
+        """Await the scores of `images`: [(score, seconds from enqueue to result)].
+
+        The views are built off the event loop and off the inference thread (a worker thread of
+        anyio's pool), after a capacity check so a full queue costs no preprocessing.
+        """
+        with self._cond:
+            self._refuse_unless_room(len(images))
+        views = await anyio.to_thread.run_sync(scorer.prepare, images)
+        futures = self.submit_views(scorer, views)
         done_at: dict[int, float] = {}
         for i, fut in enumerate(futures):
             fut.add_done_callback(lambda _f, i=i: done_at.__setitem__(i, time.perf_counter()))
@@ -207,9 +233,24 @@ class InferenceQueue:
                 self._cond.wait(remaining)
             return batch
 
+    def _setup_thread(self) -> None:
+        """Per-lane thread settings, applied in the worker thread itself: torch's intra-op thread
+        count is per thread (OpenMP), and a Linux nice value is per thread and inherited by the
+        OpenMP workers this thread starts."""
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(int(self.threads))
+        if self.nice and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except OSError as exc:  # not permitted here (e.g. a negative value without privileges)
+                log.warning("%s lane: cannot change thread priority by %+d (%s)", self.name, self.nice, exc)
+
     def _run(self) -> None:
         batch: list[_Item] = []
         try:
+            self._setup_thread()
             while True:
                 batch = self._take_batch() or []
                 if not batch:
@@ -260,7 +301,7 @@ class InferenceQueue:
     def _run_scores(self, items: list[_Item]) -> None:
         scorer = items[0].scorer
         try:
-            scores = scorer.score_arrays([it.image for it in items])
+            scores = scorer.score_views([it.views for it in items])
         except Exception as exc:
             if len(items) == 1:
                 items[0].future.set_exception(exc)
@@ -275,7 +316,7 @@ class InferenceQueue:
 
     def _run_scores_single(self, item: _Item) -> None:
         try:
-            s = float(item.scorer.score_arrays([item.image])[0])
+            s = float(item.scorer.score_views([item.views])[0])
         except Exception as exc:
             item.future.set_exception(exc)
             return

@@ -253,8 +253,11 @@ def test_job_table_reads_hold_the_lock(tmp_path):
 class _Scorer:
     name = "fake"
 
-    def score_arrays(self, images):
-        return [0.5 for _ in images]
+    def prepare(self, images):
+        return list(images)
+
+    def score_views(self, views):
+        return [0.5 for _ in views]
 
 
 def test_worker_survives_an_unexpected_error(monkeypatch):
@@ -325,7 +328,7 @@ def test_gate_compares_the_raw_score_like_the_cli(app_client, png, monkeypatch):
     app, c = app_client
     served = app.state.service.models.get(None)
     raw = 0.4999996  # reported as 0.5 (6 decimals); below a 0.5 threshold
-    monkeypatch.setattr(served.scorer, "score_arrays", lambda images, crops=None: [raw for _ in images])
+    monkeypatch.setattr(served.scorer, "score_views", lambda views: [raw for _ in views])
     r = c.post("/v1/gate?threshold=0.5", files={"image": ("a.png", png, "image/png")})
     assert r.status_code == 200
     item = r.json()["results"][0]
@@ -333,7 +336,7 @@ def test_gate_compares_the_raw_score_like_the_cli(app_client, png, monkeypatch):
 
 
 def test_heatmap_grid_is_downsampled_off_the_event_loop(app_client, png, monkeypatch):
-    import service.routes.heatmap as heatmap_mod
+    import metaiqa.service.routes.heatmap as heatmap_mod
 
     _, c = app_client
     seen = []

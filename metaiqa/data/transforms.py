@@ -78,12 +78,18 @@ def grid_crops(x: torch.Tensor, size: int, n: int) -> torch.Tensor:
     if min(h, w) < size:
         x = resize_short_side(x, size)
         h, w = x.shape[-2:]
+    return torch.stack([x[..., t : t + size, lf : lf + size] for t, lf in grid_boxes(h, w, size, n)])
+
+
+def grid_boxes(height: int, width: int, size: int, n: int) -> list[tuple[int, int]]:
+    """(top, left) of `grid_crops`' `n` crops (n=1: the centre crop) in a frame of at least `size`."""
+    if n == 1:
+        return [((height - size) // 2, (width - size) // 2)]
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    tops = np.linspace(0, h - size, rows).round().astype(int)
-    lefts = np.linspace(0, w - size, cols).round().astype(int)
-    boxes = [(t, lf) for t in tops for lf in lefts][:n]
-    return torch.stack([x[..., t : t + size, lf : lf + size] for t, lf in boxes])
+    tops = np.linspace(0, height - size, rows).round().astype(int)
+    lefts = np.linspace(0, width - size, cols).round().astype(int)
+    return [(int(t), int(lf)) for t in tops for lf in lefts][:n]
 
 
 #: Widest aspect ratio any policy scores (beyond it a thin strip would be upscaled into a huge
@@ -202,9 +208,32 @@ def check_image(height: int, width: int, preprocess: Mapping[str, Any]) -> None:
 
 
 def image_views(image: np.ndarray, preprocess: Mapping[str, Any], crops: int = 1) -> torch.Tensor:
-    """uint8 HxWx3 -> the batch of views the model scores for it, under any policy."""
-    if preprocess.get("policy") == "views":
+    """uint8 HxWx3 -> the batch of views the model scores for it, under any policy.
+
+    Cropping and downscaling happen in uint8; only the views become float (a 12 MP photo is
+    never converted whole). center_crop gives the same floats as `apply_policy(to_tensor(...))`;
+    resize's uint8 downscale differs from the float one by at most ~1/255 per pixel. Images that
+    must be upscaled (short side below `size`) and `native` take the float path: there the
+    whole image is the view anyway.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInput(f"expected an HxWx3 RGB image, got shape {getattr(image, 'shape', None)}")
+    policy = preprocess.get("policy", "center_crop")
+    if policy == "views":
         return whole_image_views(image, preprocess)
+    size = int(preprocess.get("size", 224))
+    h, w = image.shape[:2]
+    if policy == "center_crop" and min(h, w) >= size:
+        if crops < 1:
+            raise InvalidInput(f"crops must be >= 1, got {crops}")
+        views = np.stack([image[t : t + size, lf : lf + size] for t, lf in grid_boxes(h, w, size, crops)])
+        return torch.from_numpy(views).permute(0, 3, 1, 2).float().div_(255.0)
+    if policy == "resize" and min(h, w) > size:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+        scale = size / min(h, w)
+        new = (max(size, round(h * scale)), max(size, round(w * scale)))
+        small = torch.nn.functional.interpolate(x, size=new, mode="bilinear", align_corners=False, antialias=True)
+        return small.float().div_(255.0)
     return apply_policy(to_tensor(image), preprocess, crops)
 
 

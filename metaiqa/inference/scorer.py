@@ -18,6 +18,7 @@ from torch import nn
 
 from metaiqa.data.transforms import check_image, decode_short_side, image_views
 from metaiqa.errors import InvalidInput
+from metaiqa.inference.backends import Backend, TorchBackend, check_backend_name
 from metaiqa.inference.decode import DecodedImage, DecodeError, DecodeLimits, decode, read_file
 from metaiqa.models.checkpoint import load_checkpoint
 
@@ -56,9 +57,11 @@ class Scorer:
         limits: DecodeLimits = DecodeLimits(),
         device: str | torch.device = "cpu",
         threads: int | None = None,
+        backend: Backend | None = None,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.backend = backend if backend is not None else TorchBackend(self.model, self.device)
         self.preprocess = dict(preprocess)
         self.name = name
         self.meta = dict(meta or {})
@@ -70,16 +73,38 @@ class Scorer:
             torch.set_num_threads(int(threads))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kw: Any) -> "Scorer":
-        """Load a verified checkpoint; its sidecar's preprocess and metadata come along."""
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        backend: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
+        backend_threads: int | None = None,
+        **kw: Any,
+    ) -> "Scorer":
+        """Load a verified checkpoint; its sidecar's preprocess and metadata come along.
+
+        `backend`: "torch" (eager) or "onnx" (ONNX Runtime on the checkpoint's verified export:
+        `onnx_path`, else NAME.onnx beside the checkpoint, else one exported once into the cache,
+        see metaiqa.inference.onnx_export). The torch model is loaded either way (heatmaps need
+        its gradients); only scores go through the chosen backend. `backend_threads`: ONNX
+        Runtime's intra-op threads (default: `threads`, else one per core).
+        """
+        check_backend_name(backend)
         ckpt = load_checkpoint(path, device=kw.get("device", "cpu"))
         kw.setdefault("name", ckpt.name)
         kw.setdefault("meta", ckpt.meta)
         preprocess = kw.pop("preprocess", None) or ckpt.preprocess
+        if backend == "onnx":
+            from metaiqa.inference.onnx_export import onnx_backend_for
+
+            threads = backend_threads if backend_threads is not None else kw.get("threads")
+            kw["backend"] = onnx_backend_for(ckpt, onnx_path, threads=threads)
         return cls(ckpt.model, preprocess, **kw)
 
     def __repr__(self) -> str:
-        return f"Scorer(name={self.name!r}, preprocess={self.preprocess}, crops={self.crops})"
+        return (f"Scorer(name={self.name!r}, preprocess={self.preprocess}, crops={self.crops}, "
+                f"backend={self.backend.name!r})")
 
     @staticmethod
     def _check_crops(crops: int) -> int:
@@ -123,28 +148,34 @@ class Scorer:
         n = self.crops if crops is None else self._check_crops(crops)
         return image_views(self.check(image), self.preprocess, n)
 
-    def score_arrays(self, images: Sequence[np.ndarray], crops: int | None = None) -> list[float]:
-        """Score decoded images; all views of all images go through the model together.
+    def prepare(self, images: Sequence[np.ndarray], crops: int | None = None) -> list[torch.Tensor]:
+        """Each image's (k, 3, h, w) float views: the CPU work before the model (uint8 resize and
+        crops, float only for the views). The service runs it on request threads, so its
+        inference thread only runs forward passes (`score_views`)."""
+        return [self.views(img, crops) for img in images]
 
-        Views of equal size are stacked into one forward pass (with center_crop/resize that is
-        every view); the native policy needs one pass per distinct image size.
+    def score_arrays(self, images: Sequence[np.ndarray], crops: int | None = None) -> list[float]:
+        """Score decoded images: `prepare` then `score_views` (all views of all images together)."""
+        return self.score_views(self.prepare(images, crops))
+
+    def score_views(self, per_image: Sequence[torch.Tensor]) -> list[float]:
+        """Mean model score of each image's views (from `prepare`); the only step that runs the model.
+
+        Views of equal size are stacked into one forward pass (with views/center_crop/resize that
+        is every view); the native policy needs one pass per distinct image size.
         """
-        if not images:
+        if not per_image:
             return []
-        per_image = [self.views(img, crops) for img in images]
         owners = [i for i, v in enumerate(per_image) for _ in range(v.shape[0])]
         flat = [view for v in per_image for view in v]
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for j, view in enumerate(flat):
             by_shape.setdefault(tuple(view.shape), []).append(j)
         view_scores = torch.empty(len(flat), dtype=torch.float64)
-        with torch.inference_mode():
-            for idx in by_shape.values():
-                batch = torch.stack([flat[j] for j in idx]).to(self.device)
-                out = self.model(batch).reshape(-1).double().cpu()
-                view_scores[idx] = out
-        sums = np.zeros(len(images))
-        counts = np.zeros(len(images))
+        for idx in by_shape.values():
+            view_scores[idx] = self.backend(torch.stack([flat[j] for j in idx])).reshape(-1).double()
+        sums = np.zeros(len(per_image))
+        counts = np.zeros(len(per_image))
         np.add.at(sums, owners, view_scores.numpy())
         np.add.at(counts, owners, 1)
         return [float(s) for s in sums / counts]
