@@ -5,7 +5,7 @@ Every limit the service enforces lives here, so an operator can tighten it witho
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -31,7 +31,12 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="every checkpoint in this folder is served too")
     crops: int = Field(1, ge=1, le=16, description="crops averaged per image")
     device: str = "cpu"
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads (None: torch's default)")
+    torch_threads: int | None = Field(None, ge=1, description="torch's process-wide intra-op threads, used outside "
+                                      "the score and heatmap lanes (validation, fine-tune); None: torch's default")
+    backend: Literal["torch", "onnx"] = Field("torch", description="scores run on torch (eager) or onnx (ONNX Runtime "
+                                              "on a hash-verified export; pip install 'metaiqa[onnx]')")
+    score_threads: int | None = Field(2, ge=1, description="intra-op threads of the score lane (torch or ONNX "
+                                      "Runtime); None: the library's default (one per core)")
 
     # request limits
     max_upload_bytes: int = Field(25 * MiB, ge=1024, description="request body limit, counted while streaming")
@@ -52,6 +57,11 @@ class Settings(BaseSettings):
 
     # heatmaps
     heatmap_grid: int = Field(32, ge=2, le=512, description="long side of the JSON heat grid")
+    max_pending_heatmaps: int = Field(2, ge=1, description="heatmap requests being received, decoded, queued or "
+                                      "computed in their own lane; more -> 503 before the body is read")
+    heatmap_threads: int = Field(1, ge=1, description="intra-op threads of the heatmap lane")
+    heatmap_nice: int = Field(10, ge=0, le=19, description="the heatmap lane's threads run this much nicer than "
+                              "the score lane (Linux), so scores get the cores first")
 
     # gate
     default_threshold: float | None = Field(0.5, ge=0.0, le=1.0, description="used when no threshold/policy given")

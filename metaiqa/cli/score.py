@@ -120,6 +120,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=_int_at_least(1), default=16, metavar="N", help="images per forward pass")
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="torch CPU threads")
+    p.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch",
+        help="torch (default) or onnx: ONNX Runtime on a hash-verified export of the model (pip install "
+        "'metaiqa[onnx]'; uses NAME.onnx beside the checkpoint, else exports once into ~/.cache/metaiqa)",
+    )  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -232,7 +237,7 @@ def _load_scorer(args: argparse.Namespace):
     from metaiqa.models.pretrained import resolve_checkpoint
 
     path = resolve_checkpoint(args.model, args.models_dir)
-    scorer = Scorer.from_checkpoint(path, threads=args.threads)
+    scorer = Scorer.from_checkpoint(path, threads=args.threads, backend=getattr(args, "backend", "torch"))
     log.info("model %s (%s), preprocess %s", scorer.name, path, scorer.preprocess)
     return scorer
 

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("dst", help="output path, e.g. models/shop-v2.safetensors")
     e.add_argument("--float32", action="store_true", help="keep float32 weights")
     e.add_argument("--note", help="free text stored in the sidecar (e.g. what the model is for)")
+    e.add_argument(
+        "--onnx", action="store_true",
+        help="write an ONNX Runtime export instead: DST.onnx + DST.onnx.json (float32; hash-verified, tied to "
+        "the source checkpoint's sha256; used by --backend onnx when placed beside the checkpoint)",
+    )  # fmt: skip
     e.set_defaults(func=export)
 
     u = sub.add_parser(
@@ -68,6 +73,13 @@ def meta_train(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.onnx:
+        from metaiqa.inference.onnx_export import export_onnx, sidecar_path
+        from metaiqa.models.pretrained import resolve_checkpoint
+
+        out = export_onnx(resolve_checkpoint(args.src, None), args.dst, note=args.note)
+        sys.stderr.write(f"wrote {out} and {sidecar_path(out).name}\n")
+        return 0
     from metaiqa.models.checkpoint import export_checkpoint
 
     out = export_checkpoint(args.src, args.dst, half=not args.float32, note=args.note)
