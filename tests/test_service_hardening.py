@@ -214,7 +214,7 @@ def test_job_disk_cap_evicts_old_reports_and_refuses_when_running_jobs_fill_it(t
 
 
 def test_evicted_folders_are_removed_off_the_calling_thread(tmp_path, monkeypatch):
-    import service.jobs as jobs_mod
+    import metaiqa.service.jobs as jobs_mod
 
     seen = []
     real = jobs_mod.shutil.rmtree
