@@ -94,7 +94,7 @@ async def fine_tune(request: Request, state: State, settings: SettingsDep) -> JS
     except BaseException:
         store.discard(job)  # the folder is removed on the cleanup thread, not here
         raise
-    job.extra.update(requested_name=req.name, epochs=req.epochs, seed=req.seed, holdout=req.holdout,
+    job.extra.update(prior=req.prior.name, requested_name=req.name, epochs=req.epochs, seed=req.seed, holdout=req.holdout,
                      result_model=None)
     store.start(job, finetune_job.make_work(state, req, train, test, (job.dir / "input").resolve()))
     base = str(request.base_url).rstrip("/")
