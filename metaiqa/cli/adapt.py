@@ -11,7 +11,9 @@ from typing import Any
 DATA_HELP = (
     "labelled images: NAME:PATH (NAME = synth, kadid10k, tid2013, koniq10k, livec, csv) or a bare PATH "
     "(folder with manifest.json -> synth, folder with dmos.csv -> kadid10k, file.csv -> csv with columns "
-    "path,mos[,group][,ref_id][,level]; mos in [0,1], higher = better)"
+    "path,mos[,scene][,distortion][,level]: mos higher = better (in [0,1], else min-max mapped); scene = what "
+    "the image shows, kept on one side of every split (aliases content, ref_id); distortion = distortion type "
+    "(alias group; it is not the scene); level = 1 mildest, 0 pristine; see README 'Labelled CSV columns')"
 )
 
 
@@ -236,6 +238,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("per distortion:")
         for g, d in report["per_group"].items():
             lines.append(row("  " + g, d))
+    warning = (report.get("training_overlap") or {}).get("warning")
+    if warning:
+        lines.append(f"WARNING: {warning}")
     if report.get("files"):
         lines.append(f"report: {report['files'].get('html')}")
     return "\n".join(lines) + "\n"

@@ -18,9 +18,10 @@ identically):
                looked up in ``Images/`` then ``Images/trainingImages/``.
 - ``biq2021``  BIQ2021's official test split (``biq2021-train`` its train split): MOS in [0, 1]
                as published; see `metaiqa.data.biq2021`.
-- ``csv``      generic ``path,mos[,group][,ref_id][,level]``; paths relative to the CSV's folder
-               or absolute; higher mos = better. Scores all in [0, 1] are used as given, otherwise
-               the column's min..max is mapped to [0, 1] with a warning.
+- ``csv``      generic ``path,mos[,scene][,distortion][,level]`` (`metaiqa.data.labelcsv`; aliases
+               ``content``/``ref_id`` for scene, ``group`` for distortion); paths relative to the
+               CSV's folder or absolute; higher mos = better. Scores all in [0, 1] are used as given,
+               otherwise the column's min..max is mapped to [0, 1] with a warning.
 
 Image files are checked for existence at load time only (decoding 10k images is slow);
 call `verify_images` to decode-check them.
@@ -333,31 +334,10 @@ def load_livec(root: Path) -> list[Sample]:
 
 
 def load_csv(path: Path) -> list[Sample]:
-    """Generic ``path,mos[,group][,ref_id][,level]`` table (see module docstring for the scale rule)."""
-    table = _require_file(path, "csv")
-    base = table.parent
-    rows = []
-    for line, row in _read_table(table, ("path", "mos")):
-        where = f"{table} line {line}"
-        if not row["path"]:
-            raise DatasetError(f"{where}: empty path")
-        img = Path(row["path"]).expanduser()
-        img = img if img.is_absolute() else base / img
-        if not img.is_file():
-            raise MissingImage(f"{where}: image {row['path']!r} not found ({img})")
-        mos = _number(row["mos"], where, "mos")
-        level = int(_number(row["level"], where, "level")) if row.get("level") else None
-        rows.append((img, mos, row.get("group") or None, row.get("ref_id") or None, level))
-    values = np.array([r[1] for r in rows], dtype=float)
-    if len(values) and (values.min() < 0.0 or values.max() > 1.0):
-        lo, hi = float(values.min()), float(values.max())
-        log.warning("%s: mos values span [%g, %g], not [0, 1]; mapping min..max linearly to [0, 1] "
-                    "(higher = better assumed)", table, lo, hi)
-        mapped = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
-    else:
-        mapped = values
-    out = [Sample(img, float(m), g, r, lv) for (img, _, g, r, lv), m in zip(rows, mapped, strict=True)]
-    return _nonempty(out, table)
+    """Generic ``path,mos[,scene][,distortion][,level]`` table: see `metaiqa.data.labelcsv`."""
+    from metaiqa.data.labelcsv import load_csv as load  # uses this module's helpers: import late, no cycle
+
+    return load(path)
 
 
 def _nonempty(samples: list[Sample], source: Path) -> list[Sample]:

@@ -97,7 +97,7 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;borde
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f4f4f4}
-.meta{color:#666;font-size:.9em}img{max-width:100%;border:1px solid #eee}
+.meta{color:#666;font-size:.9em}.warn{background:#fff3cd;border:1px solid #e0b400;padding:.5em}img{max-width:100%;border:1px solid #eee}
 """
 
 
@@ -141,6 +141,9 @@ def render_html(report: dict[str, Any], png: bytes | None) -> str:
         arch = f" ({model['architecture']})" if model.get("architecture") else ""
         meta.insert(0, f"model {model.get('name')}{arch}")
     parts.append(f"<p class='meta'>{esc(' · '.join(str(x) for x in meta))}</p>")
+    warning = (report.get("training_overlap") or {}).get("warning")
+    if warning:
+        parts.append(f"<p class='warn'><strong>Warning:</strong> {esc(warning)}</p>")
 
     parts += _overall_section(report)
 

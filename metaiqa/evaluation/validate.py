@@ -76,19 +76,25 @@ def validate_scorer(
     progress: bool = True,
     batch_size: int = 16,
     model_info: dict[str, Any] | None = None,
+    training_overlap: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score `samples` with an already loaded `Scorer`, evaluate, optionally write report files.
 
     The returned report (see `report.evaluate`) gains "model" (name, architecture, sha256,
-    preprocess, crops, plus `model_info`), "timing" and, when `out_dir` is given, "files"
-    (kind -> path). The service calls this with the Scorers it already holds.
+    preprocess, crops, plus `model_info`), "training_overlap" (`overlap.training_overlap`;
+    computed from the recorded names when not given), "timing" and, when `out_dir` is given,
+    "files" (kind -> path). The service calls this with the Scorers it already holds.
     """
+    from metaiqa.evaluation.overlap import training_overlap as check_overlap
+
     _check_args(samples, splits, bootstrap, batch_size)
+    meta = getattr(scorer, "meta", None) or {}
+    if training_overlap is None:  # warn before minutes of scoring
+        training_overlap = check_overlap(meta, samples, model=getattr(scorer, "name", "the model"))
     t0 = time.perf_counter()
     preds = score_samples(scorer, samples, crops=crops, batch_size=batch_size, progress=progress)
     t_score = time.perf_counter() - t0
     report = evaluate(preds, samples, splits=splits, seed=seed, bootstrap=bootstrap)
-    meta = getattr(scorer, "meta", None) or {}
     report["model"] = {
         "name": getattr(scorer, "name", "model"),
         "architecture": meta.get("model"),
@@ -97,6 +103,7 @@ def validate_scorer(
         "crops": crops,
         **(model_info or {}),
     }
+    report["training_overlap"] = training_overlap
     report["timing"] = {"score_seconds": round(t_score, 3), "ms_per_image": round(1000 * t_score / len(samples), 2)}
     if out_dir is not None:
         files = write_report(report, preds, samples, Path(out_dir))
@@ -117,12 +124,15 @@ def validate_checkpoint(
     bootstrap: int = 1000,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Load a checkpoint (hash-verified) as a Scorer and validate it (see `validate_scorer`)."""
+    """Load a checkpoint (hash-verified) as a Scorer and validate it (see `validate_scorer`); the
+    training-overlap check also reads a recorded training data spec when it exists here."""
+    from metaiqa.evaluation.overlap import training_overlap
     from metaiqa.inference.scorer import Scorer
 
     _check_args(samples, splits, bootstrap, batch_size)
     scorer = Scorer.from_checkpoint(ckpt_path, crops=crops)
+    overlap = training_overlap(scorer.meta, samples, load_specs=True, model=scorer.name)
     return validate_scorer(
         scorer, samples, splits=splits, seed=seed, out_dir=out_dir, crops=crops, bootstrap=bootstrap,
-        progress=progress, batch_size=batch_size, model_info={"path": str(ckpt_path)},
+        progress=progress, batch_size=batch_size, model_info={"path": str(ckpt_path)}, training_overlap=overlap,
     )
