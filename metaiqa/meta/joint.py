@@ -252,6 +252,8 @@ class JointTrainer:
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
 
+        from metaiqa.meta.progress import budget_estimate, follow_budget
+
         cfg = self.cfg
         if self.step == 0 and not self.files.log_rows():
             row0 = {"step": 0, **self.validate()}
@@ -263,9 +265,11 @@ class JointTrainer:
         last: dict[str, float] = {}
         while self.step < cfg.steps:
             last = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", best=f"{self.best:.4f}")
             self.elapsed = time.perf_counter() - t_start
+            budget = budget_estimate(self.step, cfg.steps, self.elapsed, cfg.max_minutes)
+            follow_budget(bar, budget)  # a time budget that ends the run first: the bar's total and ETA follow it
+            bar.update(1)
+            bar.set_postfix({"loss": f"{last['loss']:.4f}", "best": f"{self.best:.4f}", **budget.postfix()})
             out_of_time = cfg.max_minutes is not None and self.elapsed > 60 * cfg.max_minutes
             if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                 row = {"step": self.step, "loss": last["loss"], "minutes": round(self.elapsed / 60, 2), **self.validate()}

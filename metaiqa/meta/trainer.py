@@ -324,6 +324,8 @@ class MetaTrainer:
         """Train until train.iterations, train.max_minutes or SIGINT/SIGTERM; returns a summary."""
         from tqdm import tqdm
 
+        from metaiqa.meta.progress import budget_estimate, follow_budget
+
         cfg, tr = self.cfg, self.cfg.train
         main = self.dist.is_main
         if main:
@@ -365,9 +367,9 @@ class MetaTrainer:
                 if main:
                     self._write_log(row)
                     post = {"loss": f"{stats['loss']:.4f}", "val": f"{metrics.get('val_srocc', float('nan')):.3f}"}
-                    if tr.max_minutes is not None:  # the bar's ETA counts iterations; show the clock too
-                        post["left"] = f"{max(0.0, tr.max_minutes - elapsed / 60):.1f}min"
-                    bar.set_postfix(post)
+                    budget = budget_estimate(self.iteration, tr.iterations, elapsed, tr.max_minutes)
+                    follow_budget(bar, budget)  # a budget that ends the run first: the bar's total and ETA follow it
+                    bar.set_postfix({**post, **budget.postfix()})
                     bar.update(1)
                 if stop:
                     break
