@@ -181,3 +181,16 @@ def test_paths_from_stdin_through_the_installed_script(ckpt, images):
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["path"] for line in proc.stdout.splitlines()] == [str(images / "a.png"), str(images / "b.png")]
     assert np.isfinite([json.loads(line)["score"] for line in proc.stdout.splitlines()]).all()
+
+
+def test_readme_pipelines_section_matches_the_output_formats():
+    from pathlib import Path
+
+    from metaiqa.cli.score_output import GATE_CSV_COLUMNS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Pipelines"):]
+    section = section[: section.index("\n## ")]
+    rows = [json.loads(line) for line in section.splitlines() if line.startswith('{"path"')]
+    assert len(rows) >= 5 and {"path", "score", "width", "height", "error", "model"} <= set(rows[0])
+    assert ",".join(GATE_CSV_COLUMNS) in section and "--files-from" in section and "--strict" in section
