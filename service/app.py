@@ -58,8 +58,15 @@ def _start(state: ServiceState, loaded: ModelSet) -> None:
         retry_after_s=s.retry_after_s,
         on_batch=on_batch,
         on_reject=lambda: metrics.rejected.inc(),
+        name="score",
+        threads=s.score_threads,
     )
     state.queue.start()
+    state.heatmaps = InferenceQueue(  # heatmaps in their own lane: scores never wait behind them
+        capacity=s.max_pending_heatmaps, max_batch=1, max_wait_s=0.0, retry_after_s=s.retry_after_s,
+        on_reject=lambda: metrics.rejected.inc(), name="heatmap", threads=s.heatmap_threads, nice=s.heatmap_nice,
+    )  # fmt: skip
+    state.heatmaps.start()
     state.decode_limiter = anyio.CapacityLimiter(s.max_concurrent_decodes)
 
 
@@ -112,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finetune_job.stop(state)
             state.jobs.shutdown()
             state.queue.stop()
+            state.heatmaps.stop()
             if own_reports:
                 shutil.rmtree(reports, ignore_errors=True)
 

@@ -36,7 +36,8 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     models: ModelSet = field(default_factory=ModelSet)
-    queue: InferenceQueue | None = None
+    queue: InferenceQueue | None = None  # the score lane
+    heatmaps: InferenceQueue | None = None  # the heatmap lane (own thread, queue and limit)
     jobs: Any = None  # service.jobs.JobStore
     finetune_jobs: Any = None  # service.jobs.JobStore of kind "fine-tune"
     registry: Any = None  # service.models.ModelRegistry: re-scans models_dir, swaps `models`

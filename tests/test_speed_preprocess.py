@@ -4,7 +4,6 @@ import asyncio
 import io
 import threading
 
-import numpy as np
 import pytest
 import torch
 from conftest import natural_image

@@ -5,8 +5,13 @@ view scores on the fixed 0-1 score scale (red = bad, blue = good); `gradient` (t
 centre-crop models) and `gradcam`: sensitivity maps normalised within the image (relative).
 The score answered with a map is the Scorer's score for that image, from the views the map
 explains; the PNG carries a colour bar and that score below the image.
+
+Heatmaps run in their own lane (`state.heatmaps`: own thread, queue and intra-op threads,
+admitted up to `max_pending_heatmaps` requests, else 503 + Retry-After before the upload is
+read), so /v1/score never waits behind one.
 """
 
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Annotated
 from urllib.parse import quote
@@ -15,7 +20,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from metaiqa.service.deps import ModelDep, QueueDep, SettingsDep, State, Uploads, admit, decode_uploads
+from metaiqa.service.deps import ModelDep, SettingsDep, State, Uploads, decode_uploads
 from metaiqa.service.errors import TooManyImages, error_responses
 from metaiqa.service.openapi import IMAGE_UPLOAD
 from PIL import Image
@@ -65,13 +70,31 @@ def downsample(heat: np.ndarray, long_side: int) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.BOX), dtype=np.float32)
 
 
+async def admit_heatmap(state: State) -> AsyncIterator[None]:
+    """Admission to the heatmap lane, before the body is read: at most `max_pending_heatmaps`
+    heatmap requests at once (received, decoded, queued or computed); more -> 503 + Retry-After."""
+    lane = state.heatmaps
+    if lane is not None:
+        lane.check_room()
+        limit = state.settings.max_pending_heatmaps
+        if lane.admitted >= limit:
+            lane.reject(f"{lane.admitted} heatmap requests in progress (limit max_pending_heatmaps = {limit}), "
+                        "refused before reading the upload; retry later")
+        lane.admitted += 1
+    try:
+        yield
+    finally:
+        if lane is not None:
+            lane.admitted -= 1
+
+
 def _wants_png(request: Request) -> bool:
     return "image/png" in request.headers.get("accept", "").lower()
 
 
 @router.post(
     "/heatmap",
-    dependencies=[Depends(admit)],
+    dependencies=[Depends(admit_heatmap)],
     openapi_extra=IMAGE_UPLOAD,
     response_model=HeatmapResponse,
     responses={
@@ -83,7 +106,6 @@ async def heatmap(
     request: Request,
     uploads: Uploads,
     served: ModelDep,
-    queue: QueueDep,
     state: State,
     settings: SettingsDep,
     method: Annotated[Method | None, Query(description=METHOD_HELP)] = None,
@@ -101,7 +123,7 @@ async def heatmap(
         res = explain(scorer.model, item.image, scorer.preprocess, method, crops=scorer.crops)
         return res, (overlay_png(item.image, res.heat, method=res.method, score=res.score) if png else None)
 
-    res, overlay = await queue.call(work)
+    res, overlay = await state.heatmaps.call(work)
     score = res.score
     state.metrics.scores.observe(score, model=served.name)
     if png:
