@@ -153,3 +153,19 @@ def test_service_scores_with_the_onnx_backend(ckpt, exported, tmp_path, monkeypa
         r = c.post("/v1/score", files={"image": ("a.png", png, "image/png")})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["score"] == pytest.approx(ref, abs=0.01)
+
+
+def test_serve_backend_flag_reaches_the_workers(monkeypatch, tmp_path):
+    import uvicorn
+    from metaiqa.service.settings import load_settings
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.setdefault("settings", load_settings()))
+    monkeypatch.delenv("METAIQA_BACKEND", raising=False)
+    monkeypatch.delenv("METAIQA_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./configs/serve.yaml
+    try:
+        assert main(["serve", "--backend", "onnx"]) == 0
+        assert seen["settings"].backend == "onnx"
+    finally:
+        monkeypatch.delenv("METAIQA_BACKEND", raising=False)  # cmd_serve exported it for the workers

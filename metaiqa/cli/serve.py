@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--models-dir", type=Path, help="serve every checkpoint in this folder too (?model=NAME)")
     p.add_argument("--config", type=Path, help="YAML service settings (see configs/serve.yaml)")
+    p.add_argument(
+        "--backend", choices=("torch", "onnx"),
+        help="run scores on torch (eager) or onnx (ONNX Runtime on a hash-verified export; pip install "
+        "'metaiqa[onnx]'); default: the config's backend, else torch",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
@@ -87,9 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from metaiqa.service.settings import load_settings
 
     config = _config_path(args.config)
-    overrides = {"model": args.model, "models_dir": args.models_dir}
+    overrides = {"model": args.model, "models_dir": args.models_dir, "backend": getattr(args, "backend", None)}
     settings = load_settings(config, **overrides)  # fail here, with exit code 2, on a bad config
-    env = {"METAIQA_CONFIG": str(Path(config).resolve()) if config else None}
+    env = {"METAIQA_CONFIG": str(Path(config).resolve()) if config else None, "METAIQA_BACKEND": args.backend}
     if args.model:
         model = Path(args.model).expanduser()
         env["METAIQA_MODEL"] = str(model.resolve()) if model.exists() else args.model
