@@ -74,12 +74,15 @@ def load_csv(path: Path) -> list[Sample]:
 
     table = f._require_file(path, "csv")
     base = table.parent
+    lines = list(f._read_table(table, ()))  # undecodable text -> UnreadableTable naming the byte
     header = f._header(table)
-    lowered = {c.lower(): c for c in header}
-    required = tuple(lowered.get(c, c) for c in ("path", "mos"))
+    missing = [c for c in ("path", "mos") if c not in {h.lower() for h in header}]
+    if missing:
+        raise f.MissingColumns(f"{table} line 1: missing column(s) {missing}; expected path, mos and optionally "
+                               f"scene, distortion, level; found {header}")
     _warn_unknown(table, header)
     rows = []
-    for line, raw in f._read_table(table, required):
+    for line, raw in lines:
         row, where = _lower_keys(raw), f"{table} line {line}"
         if not row["path"]:
             raise DatasetError(f"{where}: empty path")
