@@ -161,11 +161,8 @@ def test_serve_backend_flag_reaches_the_workers(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.setdefault("settings", load_settings()))
-    monkeypatch.delenv("METAIQA_BACKEND", raising=False)
+    monkeypatch.setenv("METAIQA_BACKEND", "torch")  # recorded, so the "onnx" cmd_serve exports is undone
     monkeypatch.delenv("METAIQA_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./configs/serve.yaml
-    try:
-        assert main(["serve", "--backend", "onnx"]) == 0
-        assert seen["settings"].backend == "onnx"
-    finally:
-        monkeypatch.delenv("METAIQA_BACKEND", raising=False)  # cmd_serve exported it for the workers
+    assert main(["serve", "--backend", "onnx"]) == 0
+    assert seen["settings"].backend == "onnx"
