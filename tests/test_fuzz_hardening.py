@@ -408,9 +408,10 @@ def _post_without_reading(app, portal, path: str, n_bytes: int) -> tuple[int, di
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/gate", "/v1/heatmap"])
 def test_full_queue_refuses_before_reading_the_body(tmp_path, path):
     app = create_app(settings_for(make_checkpoint(tmp_path / "t.safetensors"), queue_size=1, max_batch=1,
-                                  retry_after_s=4))
+                                  max_pending_heatmaps=1, retry_after_s=4))
     with TestClient(app) as c:
-        queue = app.state.service.queue
+        # heatmaps have their own lane: a full lane refuses them, a full score queue refuses the rest
+        queue = app.state.service.heatmaps if path == "/v1/heatmap" else app.state.service.queue
         import threading
 
         release, running = threading.Event(), threading.Event()
