@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from metaiqa.service.errors import BadField, ServiceError
 
+from metaiqa.data.labelcsv import DISTORTION_COLUMNS, SCENE_COLUMNS, ConflictingColumns, pick_alias
 from metaiqa.data.samples import Sample
 
 CHUNK = 1 << 16
@@ -210,16 +211,21 @@ def _label_rows(reader: csv.DictReader, csv_path: Path, root: Path, max_rows: in
             raise BadArchive(f"{where}: {_shown(name)} listed twice")
         seen.add(path)
         mos = _mos((row.get("mos") or "").strip(), where)
-        group = (row.get("group") or "").strip() or None
-        content = (row.get("content") or "").strip() or None
+        cells = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+        try:  # the same column names as the CLI's labelled CSVs (scene/content/ref_id, distortion/group)
+            group = pick_alias(cells, DISTORTION_COLUMNS, where)
+            content = pick_alias(cells, SCENE_COLUMNS, where)
+        except ConflictingColumns as exc:
+            raise BadArchive(str(exc)) from None
         samples.append(Sample(path=path, mos=mos, group=group, ref_id=content))
     return samples
 
 
 def read_labels(csv_path: Path, root: Path, max_rows: int) -> list[Sample]:
-    """Rows `filename,mos[,group][,content]`; filenames relative to the CSV's folder and inside the
-    archive. `content` (optional) names the scene an image shows: bootstrap intervals and splits
-    keep a content's images together (without it every image is its own content)."""
+    """Rows `filename,mos[,scene][,distortion]`; filenames relative to the CSV's folder and inside the
+    archive. `scene` (optional; also `content` or `ref_id`) names what an image shows: bootstrap
+    intervals and splits keep a scene's images together (without it every image is its own scene).
+    `distortion` (also `group`) names the distortion type."""
     root = root.resolve()
     try:
         text = csv_path.read_text(encoding="utf-8-sig")

@@ -169,6 +169,20 @@ def test_content_column_groups_the_bootstrap(png):
     assert [s.content for s in samples] == ["scene1", "scene1", None]
 
 
+def test_upload_csv_takes_the_cli_column_names(tmp_path, png):
+    from metaiqa.service.archive import BadArchive, read_labels
+
+    for n in ("a.png", "b.png", "c.png"):
+        (tmp_path / n).write_bytes(png)
+    csv_path = tmp_path / "l.csv"
+    csv_path.write_text("filename,mos,Scene,distortion\na.png,0.1,s1,blur\nb.png,0.2,s1,blur\nc.png,0.3,s2,jpeg\n")
+    samples = read_labels(csv_path, tmp_path, 10)
+    assert [s.content for s in samples] == ["s1", "s1", "s2"] and [s.group for s in samples] == ["blur"] * 2 + ["jpeg"]
+    csv_path.write_text("filename,mos,scene,content\na.png,0.1,s1,s1\nb.png,0.2,s1,s9\nc.png,0.3,s2,s2\n")
+    with pytest.raises(BadArchive, match="line 3.*scene='s1'.*content='s9'"):
+        read_labels(csv_path, tmp_path, 10)
+
+
 # ---------------------------------------------------------------------------- item 8: job disk
 
 
