@@ -310,9 +310,9 @@ class InferenceQueue:
             for it in items:
                 self._run_scores_single(it)
             return
+        self._report(scorer, [float(s) for s in scores])  # before the results: a client never sees stale metrics
         for it, s in zip(items, scores, strict=True):
             it.future.set_result(float(s))
-        self._report(scorer, [float(s) for s in scores])
 
     def _run_scores_single(self, item: _Item) -> None:
         try:
@@ -320,8 +320,8 @@ class InferenceQueue:
         except Exception as exc:
             item.future.set_exception(exc)
             return
-        item.future.set_result(s)
         self._report(item.scorer, [s])
+        item.future.set_result(s)
 
     def _report(self, scorer: Any, scores: list[float]) -> None:
         if self._on_batch:
