@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 DATA_HELP = (
-    "labelled images: NAME:PATH (NAME = synth, kadid10k, tid2013, koniq10k, livec, csv) or a bare PATH "
-    "(folder with manifest.json -> synth, folder with dmos.csv -> kadid10k, file.csv -> csv with columns "
+    "labelled images: NAME:PATH (NAME = synth, kadid10k, tid2013, koniq10k, livec, biq2021 (its official test "
+    "split), biq2021-train, csv) or a bare PATH (folder with manifest.json -> synth, folder with dmos.csv -> "
+    "kadid10k, BIQ2021 folder -> biq2021, file.csv -> csv with columns "
     "path,mos[,scene][,distortion][,level]: mos higher = better (in [0,1], else min-max mapped); scene = what "
     "the image shows, kept on one side of every split (aliases content, ref_id); distortion = distortion type "
     "(alias group; it is not the scene); level = 1 mildest, 0 pristine; see README 'Labelled CSV columns')"
