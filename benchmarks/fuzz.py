@@ -42,7 +42,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-HOST = "127.0.0.1"  # never anything else
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import HOST, free_port, wait_ready  # noqa: E402  (benchmarks/serve.py: one way to start and wait)
+
 KEY = "fuzz-key"
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "QOI", "MPO", "DIB")
 
@@ -262,12 +264,6 @@ CASES: dict[str, tuple[float, Callable[[Target, Inputs, random.Random], str]]] =
 # --------------------------------------------------------------------------- service
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def tiny_checkpoint(folder: Path) -> Path:
     import torch
 
@@ -288,22 +284,6 @@ def start_service(ckpt: Path, port: int, workdir: Path) -> subprocess.Popen:
     repo = Path(__file__).resolve().parents[1]
     return subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=open(workdir / "server.log", "w"))  # noqa: SIM115 (closed with the process)
-
-
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"service exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"service not ready after {timeout}s")
 
 
 def answers(url: str) -> bool:

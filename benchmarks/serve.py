@@ -111,7 +111,8 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"service exited with {proc.returncode}:\n{proc.stderr.read()}")
+            detail = proc.stderr.read() if proc.stderr else "(stderr not captured)"
+            raise SystemExit(f"service exited with {proc.returncode}:\n{detail}")
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
