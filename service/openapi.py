@@ -35,20 +35,19 @@ def upload_body(extra_fields: dict | None = None) -> dict:
 IMAGE_UPLOAD = upload_body()
 GATE_UPLOAD = upload_body({"threshold": {"type": "number"}, "policy": {"type": "string"}})
 
+def archive_form(csv_columns: str, fields: dict, required: list[str]) -> dict:
+    """The multipart schema of a labelled-archive upload (`archive` = zip of images + one CSV)."""
+    archive = {"type": "string", "format": "binary", "description": f"zip: images + one CSV {csv_columns}"}
+    return {"type": "object", "properties": {"archive": archive, **fields}, "required": ["archive", *required]}
+
+
 VALIDATE_UPLOAD = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "archive": {"type": "string", "format": "binary", "description": "zip: images + one CSV filename,mos"},
-                        "splits": {"type": "integer", "minimum": 1},
-                        "seed": {"type": "integer", "minimum": 0},
-                    },
-                    "required": ["archive"],
-                }
+                "schema": archive_form("filename,mos", {"splits": {"type": "integer", "minimum": 1},
+                                                        "seed": {"type": "integer", "minimum": 0}}, []),
             },
             "application/json": {
                 "schema": {

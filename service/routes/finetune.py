@@ -23,6 +23,7 @@ from metaiqa.service.deps import SettingsDep, State
 from metaiqa.service.errors import ReportNotFound, TooManyImages, UnsupportedMediaType, error_responses
 from metaiqa.service.finetune_job import FineTuneDisabled, FineTuneRequest
 from metaiqa.service.jobs import ID_PATTERN
+from metaiqa.service.openapi import archive_form
 
 router = APIRouter(tags=["fine-tune"])
 
@@ -35,20 +36,14 @@ FINETUNE_UPLOAD = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "archive": {"type": "string", "format": "binary",
-                                    "description": "zip: images + one CSV filename,mos[,group][,content]"},
-                        "name": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$",
-                                 "description": "new model name; versions NAME, NAME.v2, ..."},
-                        "prior": {"type": "string", "description": "served model to start from (default: the default)"},
-                        "epochs": {"type": "integer", "minimum": 1},
-                        "seed": {"type": "integer", "minimum": 0},
-                        "holdout": {"type": "number", "minimum": 0, "maximum": MAX_HOLDOUT},
-                    },
-                    "required": ["archive", "name"],
-                }
+                "schema": archive_form("filename,mos[,scene][,distortion]", {
+                    "name": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$",
+                             "description": "new model name; versions NAME, NAME.v2, ..."},
+                    "prior": {"type": "string", "description": "served model to start from (default: the default)"},
+                    "epochs": {"type": "integer", "minimum": 1},
+                    "seed": {"type": "integer", "minimum": 0},
+                    "holdout": {"type": "number", "minimum": 0, "maximum": MAX_HOLDOUT},
+                }, ["name"]),
             }
         },
     }
