@@ -260,18 +260,27 @@ async def read_archive_form(request, settings) -> tuple[object, dict]:
     return archive, {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
 
 
-def int_field(fields: dict, name: str, default: int, lo: int, hi: int) -> int:
-    """An optional integer form field within [lo, hi]; BadField naming it otherwise."""
+def _number_field(fields: dict, name: str, default, lo, hi, parse, kind: str):
     raw = fields.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(str(raw))
+        value = parse(str(raw))
     except ValueError:
-        raise BadField(f"{name} {str(raw)[:40]!r} is not an integer") from None
-    if not lo <= value <= hi:
+        raise BadField(f"{name} {str(raw)[:40]!r} is not {kind}") from None
+    if not lo <= value <= hi:  # NaN fails too
         raise BadField(f"{name} {value} is outside [{lo}, {hi}]")
     return value
+
+
+def int_field(fields: dict, name: str, default: int, lo: int, hi: int) -> int:
+    """An optional integer form field within [lo, hi]; BadField naming it otherwise."""
+    return _number_field(fields, name, default, lo, hi, int, "an integer")
+
+
+def float_field(fields: dict, name: str, default: float, lo: float, hi: float) -> float:
+    """An optional number form field within [lo, hi] (NaN refused); BadField naming it otherwise."""
+    return _number_field(fields, name, default, lo, hi, float, "a number")
 
 
 def unpack_job_input(data: bytes, job, store, settings, max_rows: int | None = None) -> list[Sample]:

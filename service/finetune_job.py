@@ -84,19 +84,6 @@ def check_name(name: Any, state) -> str:
     return name
 
 
-def float_field(fields: dict, name: str, default: float, lo: float, hi: float) -> float:
-    raw = fields.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(str(raw))
-    except ValueError:
-        raise BadField(f"{name} {str(raw)[:40]!r} is not a number") from None
-    if not lo <= value <= hi:  # NaN fails too
-        raise BadField(f"{name} {value} is outside [{lo}, {hi}]")
-    return value
-
-
 def split_holdout(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """(training images, held-out images), content-disjoint; holdout 0 -> no held-out images."""
     from metaiqa.data.tasks import few_shot_split

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from metaiqa.service import finetune_job
-from metaiqa.service.archive import int_field, read_archive_form, unpack_job_input
+from metaiqa.service.archive import float_field, int_field, read_archive_form, unpack_job_input
 from metaiqa.service.deps import SettingsDep, State
 from metaiqa.service.errors import ReportNotFound, TooManyImages, UnsupportedMediaType, error_responses
 from metaiqa.service.finetune_job import FineTuneDisabled, FineTuneRequest
@@ -64,7 +64,7 @@ def _request(fields: dict[str, Any], state, settings) -> FineTuneRequest:
     epochs = int_field(fields, "epochs", min(settings.finetune_default_epochs, settings.finetune_max_epochs), 1,
                        settings.finetune_max_epochs)
     seed = int_field(fields, "seed", 0, 0, 2**31 - 1)
-    holdout = finetune_job.float_field(fields, "holdout", DEFAULT_HOLDOUT, 0.0, MAX_HOLDOUT)
+    holdout = float_field(fields, "holdout", DEFAULT_HOLDOUT, 0.0, MAX_HOLDOUT)
     return FineTuneRequest(prior, name, epochs, seed, holdout)
 
 
