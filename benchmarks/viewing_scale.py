@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -47,6 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--human", required=True, help="data spec of the train split, e.g. biq2021-train:PATH")
     p.add_argument("--synth", default="", help="synthetic set with pristine references (held-out scenes)")
     p.add_argument("--scales", nargs="+", type=int, default=[256, 320, 384, 448, 512])
+    p.add_argument("--max-views", nargs="+", type=int, default=[16],
+                   help="caps on views per image to compare (each with every scale; 4 keeps 2x2 of a 4:3 photo)")
+    p.add_argument("--crop-4x3", action="store_true",
+                   help="score a centred 4:3 crop of each validation photo (BIQ2021's are all 512x512, "
+                        "so only crops show what --max-views does to 4:3 photos); the synthetic part is skipped")
     p.add_argument("--limit", type=int, default=0, help="first N validation photos only (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "results" / "viewing_scale.json")
@@ -71,22 +77,37 @@ def heldout_set(synth: str, ckpt: str) -> tuple[list, dict, list[str]]:
     return samples, pristine, list(data.get("holdout_types", []))
 
 
-def views_per_image(height: int, width: int, scale: int, size: int = 224) -> int:
+def views_per_image(height: int, width: int, scale: int, size: int = 224, max_views: int = 16) -> int:
     h, w = viewing_size(height, width, scale, size)
-    return len(view_boxes(h, w, size))
+    return len(view_boxes(h, w, size, max_views))
 
 
-def measure_scale(ckpt: str, scale: int, val: list, synth: tuple | None) -> dict:
+def crop_4x3(path) -> np.ndarray:
+    """The photo's centred 4:3 landscape crop (full width), as a uint8 array."""
+    img = np.asarray(Image.open(path).convert("RGB"))
+    h, w = img.shape[:2]
+    ch = min(h, round(w * 3 / 4))
+    return np.ascontiguousarray(img[(h - ch) // 2 : (h - ch) // 2 + ch])
+
+
+def measure_scale(ckpt: str, scale: int, val: list, synth: tuple | None, max_views: int = 16,
+                  crop: bool = False) -> dict:
     scorer = Scorer.from_checkpoint(ckpt)
-    scorer = Scorer(scorer.model, {**scorer.preprocess, "scale": scale}, name=scorer.name, meta=scorer.meta)
+    preprocess = {**scorer.preprocess, "scale": scale, "max_views": max_views}
+    scorer = Scorer(scorer.model, preprocess, name=scorer.name, meta=scorer.meta)
     t0 = time.perf_counter()
-    pred = np.asarray(scorer.score_paths([s.path for s in val]), dtype=float)
+    if crop:
+        pred = np.asarray(scorer.score_arrays([crop_4x3(s.path) for s in val]), dtype=float)
+    else:
+        pred = np.asarray(scorer.score_paths([s.path for s in val]), dtype=float)
     seconds = (time.perf_counter() - t0) / len(val)
     mos = np.asarray([s.mos for s in val], dtype=float)
-    row = {"scale": scale, "n_val": len(val), "ms_per_image": 1000 * seconds,
-           "views_per_512px_photo": views_per_image(512, 512, scale),
+    row = {"scale": scale, "max_views": max_views, "n_val": len(val), "ms_per_image": 1000 * seconds,
+           "views_per_512px_photo": views_per_image(512, 512, scale, max_views=max_views),
+           "views_per_4x3_photo": views_per_image(384, 512, scale, max_views=max_views),
            "val_srocc": metrics.srocc(pred, mos), "val_plcc": metrics.plcc(pred, mos),
-           "val_srocc_ci95": metrics.bootstrap_ci(metrics.srocc, pred, mos, n=500)}
+           "val_srocc_ci95": metrics.bootstrap_ci(metrics.srocc, pred, mos, n=500), "crop_4x3": crop,
+           "pred": pred.tolist()}
     if synth is not None:
         samples, pristine, holdout = synth
         paths = sorted({s.path for s in samples} | set(pristine.values()))
@@ -99,13 +120,14 @@ def measure_scale(ckpt: str, scale: int, val: list, synth: tuple | None) -> dict
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| scale | val SROCC [95 % CI] | val PLCC | synth within-group | pristine above | views (512² photo) | ms/img |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| scale | max views | val SROCC [95 % CI] | val PLCC | synth within-group | pristine above "
+             "| views (512², 4:3) | ms/img |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["val_srocc_ci95"]
-        lines.append(f"| {r['scale']} | {r['val_srocc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['val_plcc']:.3f} | "
+        lines.append(f"| {r['scale']} | {r.get('max_views', 16)} | {r['val_srocc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['val_plcc']:.3f} | "
                      f"{r.get('synth_within_group_srocc', float('nan')):.3f} | "
-                     f"{r.get('synth_pristine_above', float('nan')):.3f} | {r['views_per_512px_photo']} | "
+                     f"{r.get('synth_pristine_above', float('nan')):.3f} | {r['views_per_512px_photo']}, "
+                     f"{r.get('views_per_4x3_photo', '?')} | "
                      f"{r['ms_per_image']:.0f} |")
     return "\n".join(lines)
 
@@ -118,14 +140,21 @@ def main(argv=None) -> None:
     synth = heldout_set(args.synth, ckpt) if args.synth else None
     rows = []
     for scale in args.scales:
-        rows.append(measure_scale(ckpt, scale, val, synth))
-        print(f"scale {scale}: val SROCC {rows[-1]['val_srocc']:.3f}, {rows[-1]['ms_per_image']:.0f} ms/img", flush=True)
+        for cap in args.max_views:
+            rows.append(measure_scale(ckpt, scale, val, None if args.crop_4x3 else synth, cap, args.crop_4x3))
+            print(f"scale {scale}, max views {cap}: val SROCC {rows[-1]['val_srocc']:.3f}, "
+                  f"{rows[-1]['ms_per_image']:.0f} ms/img", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": args.model, "checkpoint": ckpt, "config": str(args.config),
                                     "trained_scale": yaml.safe_load(args.config.read_text()).get("scale"),
                                     "rows": rows}, indent=2, default=float))
     print()
     print(table(rows))
+    first = np.asarray(rows[0]["pred"])
+    for r in rows[1:]:
+        delta = np.abs(np.asarray(r["pred"]) - first)
+        print(f"scale {r['scale']}, max views {r['max_views']} vs the first row: max |score delta| "
+              f"{delta.max():.4f}, mean {delta.mean():.4f}, SROCC between them {metrics.srocc(r['pred'], first):.4f}")
     print("\nThe model was trained at one scale; this varies only the scoring scale.")
 
 

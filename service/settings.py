@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1, description="torch's process-wide intra-op threads, used outside "
                                       "the score and heatmap lanes (validation, fine-tune); None: torch's default")
-    backend: Literal["torch", "onnx"] = Field("torch", description="scores run on torch (eager) or onnx (ONNX Runtime "
-                                              "on a hash-verified export; pip install 'metaiqa[onnx]')")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="scores run on onnx (ONNX Runtime on a hash-verified export), torch (eager), or auto: "
+        "onnx when onnxruntime is installed and the export can be made, else torch")
     score_threads: int | None = Field(2, ge=1, description="intra-op threads of the score lane (torch or ONNX "
                                       "Runtime); None: the library's default (one per core)")
 

@@ -33,6 +33,15 @@ def png_file(tmp_path, rgb_image):
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """ONNX exports made on demand (the CLI's default backend) go to a throw-away cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("METAIQA_CACHE_DIR", str(tmp_path_factory.mktemp("metaiqa-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

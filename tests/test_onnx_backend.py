@@ -119,7 +119,7 @@ def test_backend_finds_the_export_beside_the_checkpoint_or_makes_one_in_the_cach
 
 def test_missing_onnxruntime_is_a_clear_error(ckpt, exported, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(BackendUnavailable, match=r"pip install 'metaiqa\[onnx\]'"):
+    with pytest.raises(BackendUnavailable, match=r"pip install onnxruntime"):
         Scorer.from_checkpoint(ckpt, backend="onnx", onnx_path=exported)
     img = exported.parent / "a.png"
     img.write_bytes(png_bytes(96))

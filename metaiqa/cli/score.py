@@ -121,9 +121,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_int_at_least(1), default=16, metavar="N", help="images per forward pass")
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="torch CPU threads")
     p.add_argument(
-        "--backend", choices=("torch", "onnx"), default="torch",
-        help="torch (default) or onnx: ONNX Runtime on a hash-verified export of the model (pip install "
-        "'metaiqa[onnx]'; uses NAME.onnx beside the checkpoint, else exports once into ~/.cache/metaiqa)",
+        "--backend", choices=("auto", "torch", "onnx"), default="auto",
+        help="auto (default): onnx when onnxruntime is installed, else torch; onnx: ONNX Runtime on a "
+        "hash-verified export of the model (NAME.onnx beside the checkpoint, else exported once into "
+        "~/.cache/metaiqa; later runs skip loading torch); torch: eager PyTorch",
     )  # fmt: skip
 
 
@@ -233,25 +234,39 @@ def input_specs(args: argparse.Namespace) -> list[str]:
 
 
 def _load_scorer(args: argparse.Namespace):
-    from metaiqa.inference.scorer import Scorer
+    """The scorer for this run: the light ONNX path (no torch) when it applies, else `Scorer`."""
+    from metaiqa.inference.backends import resolve_backend_name
     from metaiqa.models.pretrained import resolve_checkpoint
 
     path = resolve_checkpoint(args.model, args.models_dir)
-    scorer = Scorer.from_checkpoint(path, threads=args.threads, backend=getattr(args, "backend", "torch"))
-    log.info("model %s (%s), preprocess %s", scorer.name, path, scorer.preprocess)
+    backend = getattr(args, "backend", "auto")
+    if resolve_backend_name(backend) == "onnx" and getattr(args, "heatmap_dir", None) is None:
+        from metaiqa.inference.lite import LiteScorer
+
+        scorer = LiteScorer.open(path, threads=args.threads)
+        if scorer is not None:
+            log.info("model %s (%s), preprocess %s, ONNX Runtime (light path)", scorer.name, path, scorer.preprocess)
+            return scorer
+    from metaiqa.inference.scorer import Scorer
+
+    scorer = Scorer.from_checkpoint(path, threads=args.threads, backend=backend)
+    log.info("model %s (%s), preprocess %s, %s", scorer.name, path, scorer.preprocess, scorer.backend.name)
     return scorer
 
 
 def iter_score_rows(scorer, paths: list[Path], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """One row per path, yielded as each batch finishes: score, size, or the error that file raised."""
+    """One row per path, yielded as each batch finishes: score, size, or the error that file raised.
+
+    The next batch is read and prepared on a worker thread while this one is scored."""
     from tqdm import tqdm
 
     quiet = getattr(args, "quiet", False)
     with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=quiet or len(paths) < PROGRESS_MIN) as bar:
-        for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start : start + args.batch_size]
-            results = scorer.score_paths_safe(chunk, crops=args.crops, batch_size=args.batch_size)
-            bar.update(len(chunk))
+        done = 0
+        for results in scorer.iter_paths_safe(paths, crops=args.crops, batch_size=args.batch_size):
+            chunk = paths[done : done + len(results)]
+            done += len(results)
+            bar.update(len(results))
             for path, res in zip(chunk, results, strict=True):
                 yield _row(path, res)
 

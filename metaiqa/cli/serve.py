@@ -69,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", type=Path, help="serve every checkpoint in this folder too (?model=NAME)")
     p.add_argument("--config", type=Path, help="YAML service settings (see configs/serve.yaml)")
     p.add_argument(
-        "--backend", choices=("torch", "onnx"),
-        help="run scores on torch (eager) or onnx (ONNX Runtime on a hash-verified export; pip install "
-        "'metaiqa[onnx]'); default: the config's backend, else torch",
+        "--backend", choices=("auto", "torch", "onnx"),
+        help="run scores on onnx (ONNX Runtime on a hash-verified export), torch (eager) or auto (onnx when "
+        "onnxruntime is installed, else torch); default: the config's backend, else auto",
     )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

@@ -1,36 +1,51 @@
-"""Inference: decode untrusted images, score them in batches, explain scores with heatmaps."""
+"""Inference: decode untrusted images, score them in batches, explain scores with heatmaps.
 
-from metaiqa.data.transforms import ExtremeAspectRatio
-from metaiqa.inference.decode import (
-    DecodedImage,
-    DecodeError,
-    DecodeLimits,
-    FileTooLarge,
-    ImageTooSmall,
-    NotAnImage,
-    TooManyPixels,
-    TruncatedImage,
-    decode,
-    decode_image,
-    read_file,
-    read_image_file,
-)
-from metaiqa.inference.scorer import Scorer, ScoreResult
+Names load lazily (PEP 562): `metaiqa.inference.decode`, `.lite` and `.onnx_load` work without
+torch (the light ONNX scoring path of `metaiqa score`); `Scorer` imports it on first use.
+"""
 
-__all__ = [
-    "DecodeError",
-    "DecodeLimits",
-    "DecodedImage",
-    "ExtremeAspectRatio",
-    "FileTooLarge",
-    "ImageTooSmall",
-    "NotAnImage",
-    "ScoreResult",
-    "Scorer",
-    "TooManyPixels",
-    "TruncatedImage",
-    "decode",
-    "decode_image",
-    "read_file",
-    "read_image_file",
-]
+from typing import TYPE_CHECKING, Any
+
+_DECODE = ("DecodedImage", "DecodeError", "DecodeLimits", "FileTooLarge", "ImageTooSmall", "NotAnImage",
+           "TooManyPixels", "TruncatedImage", "decode", "decode_image", "read_file", "read_image_file")
+_LAZY = {
+    **{name: "metaiqa.inference.decode" for name in _DECODE},
+    "ExtremeAspectRatio": "metaiqa.data.viewing",
+    "Scorer": "metaiqa.inference.scorer",
+    "ScoreResult": "metaiqa.inference.scorer",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from metaiqa.data.viewing import ExtremeAspectRatio  # noqa: F401
+    from metaiqa.inference.decode import (  # noqa: F401
+        DecodedImage,
+        DecodeError,
+        DecodeLimits,
+        FileTooLarge,
+        ImageTooSmall,
+        NotAnImage,
+        TooManyPixels,
+        TruncatedImage,
+        decode,
+        decode_image,
+        read_file,
+        read_image_file,
+    )
+    from metaiqa.inference.scorer import Scorer, ScoreResult  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metaiqa.inference' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -23,7 +23,6 @@ by the checkpoint's hash so a changed checkpoint never meets an old export.
 
 import datetime as _dt
 import io
-import json
 import logging
 import os
 import warnings
@@ -34,36 +33,29 @@ import torch
 
 from metaiqa import __version__
 from metaiqa.errors import InvalidInput
-from metaiqa.inference.backends import ONNX_INPUT, ONNX_OUTPUT, BackendUnavailable, OnnxBackend
-from metaiqa.io import atomic_write_bytes, atomic_write_json, read_json_file, sha256_bytes
+from metaiqa.inference.backends import OnnxBackend
+from metaiqa.inference.onnx_load import (  # noqa: F401  (re-exported: the loading half of this module)
+    _SCORE_FIELDS,
+    FORMAT,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    BackendUnavailable,
+    StaleExport,
+    _canon,
+    cache_dir,
+    cached_export_path,
+    load_onnx,
+    sidecar_path,
+)
+from metaiqa.io import atomic_write_bytes, atomic_write_json, sha256_bytes
 from metaiqa.models.checkpoint import (
-    ChecksumMismatch,
-    CorruptCheckpoint,
     LoadedCheckpoint,
-    MissingChecksum,
-    SidecarMismatch,
     load_checkpoint,
 )
 
 log = logging.getLogger(__name__)
 
-FORMAT = "metaiqa-onnx/1"
 OPSET = 17
-_SCORE_FIELDS = ("model", "model_kwargs", "preprocess")
-
-
-class StaleExport(CorruptCheckpoint):
-    """An ONNX export made from a different checkpoint than the one it is used for."""
-
-
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """OUT.onnx -> OUT.onnx.json (NAME.json stays the checkpoint's own sidecar)."""
-    p = Path(onnx_path)
-    return p.with_name(p.name + ".json")
-
-
-def _canon(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _embedded(meta: dict[str, Any], preprocess: dict[str, Any]) -> dict[str, str]:
@@ -76,7 +68,7 @@ def _onnx_bytes(model: torch.nn.Module, size: int, props: dict[str, str]) -> byt
     try:
         import onnx
     except ImportError as exc:
-        raise BackendUnavailable(f"exporting to ONNX needs the onnx package ({exc}); pip install 'metaiqa[onnx]'") from None
+        raise BackendUnavailable(f"exporting to ONNX needs the onnx package ({exc}); pip install onnx (a metaiqa dependency)") from None
     buf = io.BytesIO()
     dummy = torch.rand(1, 3, size, size)
     with warnings.catch_warnings():
@@ -121,69 +113,17 @@ def export_onnx(src: str | os.PathLike, out: str | os.PathLike, *, note: str | N
     return write_onnx(load_checkpoint(src), out, note=note)
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    side = sidecar_path(path)
-    meta = read_json_file(side, FORMAT, error=CorruptCheckpoint, what="metaiqa ONNX sidecar")
-    sha = meta.get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise MissingChecksum(f"{side}: sha256 must be 64 lower-case hex digits, got {sha!r:.80}; refusing to load")
-    source = meta.get("source")
-    if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):
-        raise CorruptCheckpoint(f"{side}: field source.sha256 (the checkpoint it was exported from) is missing")
-    return meta
-
-
-def load_onnx(
-    path: str | os.PathLike, *, source_sha256: str | None = None, threads: int | None = None
-) -> tuple[OnnxBackend, dict[str, Any]]:
-    """A verified ONNX export as a backend, and its sidecar (see the module docstring for the checks)."""
-    path = Path(path)
-    meta = _read_sidecar(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise CorruptCheckpoint(f"{path}: cannot read the ONNX file ({exc})") from exc
-    actual = sha256_bytes(blob)
-    if actual != meta["sha256"]:
-        raise ChecksumMismatch(f"{path}: sha256 is {actual}, its sidecar expects {meta['sha256']}; "
-                               "file corrupt or replaced (re-run metaiqa export --onnx)")
-    backend = OnnxBackend(blob, threads=threads, source=str(path))
-    embedded = dict(backend.session.get_modelmeta().custom_metadata_map)
-    if embedded.get("metaiqa_format") != FORMAT:
-        raise CorruptCheckpoint(f"{path}: not a metaiqa ONNX export (no {FORMAT} metadata inside the file)")
-    mine = {k: meta[k] if k == "model" else _canon(meta.get(k)) for k in _SCORE_FIELDS}
-    mine["source_sha256"] = meta["source"]["sha256"]
-    for key, value in mine.items():
-        if embedded.get(key) != value:
-            raise SidecarMismatch(f"{sidecar_path(path)}: field {key} = {str(value)[:200]} differs from the value "
-                                  f"the hash covers, {str(embedded.get(key))[:200]}; the sidecar was edited",
-                                  field="source.sha256" if key == "source_sha256" else key)
-    if source_sha256 is not None and meta["source"]["sha256"] != source_sha256:
-        raise StaleExport(f"{path} was exported from checkpoint sha256 {meta['source']['sha256'][:16]}..., not from "
-                          f"this one ({source_sha256[:16]}...); re-run metaiqa export --onnx")
-    return backend, meta
-
-
-def cache_dir() -> Path:
-    """Where exports made on demand live ($METAIQA_CACHE_DIR, $XDG_CACHE_HOME/metaiqa, ~/.cache/metaiqa)."""
-    root = os.environ.get("METAIQA_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "onnx"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "metaiqa" / "onnx"
-
-
 def onnx_backend_for(
     ckpt: LoadedCheckpoint, onnx_path: str | os.PathLike | None = None, *, threads: int | None = None
 ) -> OnnxBackend:
     """The ONNX backend for `ckpt`: `onnx_path`, else NAME.onnx beside it, else the cache (exported once)."""
     sha = ckpt.meta["sha256"]
     if onnx_path is not None:
-        return load_onnx(onnx_path, source_sha256=sha, threads=threads)[0]
+        return OnnxBackend(load_onnx(onnx_path, source_sha256=sha, threads=threads)[0])
     beside = ckpt.path.with_suffix(".onnx")
     if sidecar_path(beside).is_file():
-        return load_onnx(beside, source_sha256=sha, threads=threads)[0]
-    cached = cache_dir() / f"{ckpt.name}-{sha[:16]}.onnx"
+        return OnnxBackend(load_onnx(beside, source_sha256=sha, threads=threads)[0])
+    cached = cached_export_path(ckpt.name, sha)
     if not sidecar_path(cached).is_file():
         log.info("exporting %s to ONNX once, into %s", ckpt.name, cached)
         try:
@@ -191,4 +131,4 @@ def onnx_backend_for(
         except OSError as exc:
             raise BackendUnavailable(f"cannot write the ONNX export of {ckpt.name} to {cached} ({exc}); run "
                                      f"metaiqa export --onnx {ckpt.path} {beside} or set METAIQA_CACHE_DIR") from exc
-    return load_onnx(cached, source_sha256=sha, threads=threads)[0]
+    return OnnxBackend(load_onnx(cached, source_sha256=sha, threads=threads)[0])

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from metaiqa.errors import MetaIQAError
-from metaiqa.models.checkpoint import checkpoint_paths
+from metaiqa.models.sidecar import checkpoint_paths
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,14 @@
 """A timm-style registry: architectures by name, nothing built or downloaded at import."""
 
 from collections.abc import Callable
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from metaiqa.errors import MetaIQAError
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+if TYPE_CHECKING:
+    from torch import nn
+
+_MODELS: dict[str, Callable[..., "nn.Module"]] = {}
 
 
 class UnknownModel(MetaIQAError, KeyError):
@@ -19,7 +20,7 @@ class UnknownModel(MetaIQAError, KeyError):
         return self.args[0]
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
     """Decorator: register a model factory under its function name."""
     if fn.__name__ in _MODELS:
         raise ValueError(f"model {fn.__name__!r} is already registered")
@@ -27,7 +28,13 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def _register_builtin() -> None:
+    """Import the bundled architectures (they register themselves); torch loads here, not before."""
+    import metaiqa.models.resnet_iqa  # noqa: F401
+
+
+def create_model(name: str, **kwargs: Any) -> "nn.Module":
+    _register_builtin()
     try:
         factory = _MODELS[name]
     except KeyError:
@@ -36,4 +43,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def list_models() -> list[str]:
+    _register_builtin()
     return sorted(_MODELS)

@@ -1,0 +1,129 @@
+"""Issue 11: the light ONNX path (no torch), the "auto" backend and reading ahead while scoring."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import natural_image
+from PIL import Image
+from service_helpers import make_checkpoint
+
+from metaiqa.inference import Scorer
+from metaiqa.inference import backends as backends_mod
+from metaiqa.inference.backends import BackendUnavailable, resolve_backend_name
+from metaiqa.inference.lite import LiteScorer
+from metaiqa.inference.onnx_export import cached_export_path, export_onnx
+from metaiqa.models import create_model, save_checkpoint
+from metaiqa.models.checkpoint import ChecksumMismatch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+VIEWS = {"policy": "views", "scale": 160, "size": 64, "max_views": 16}
+
+
+@pytest.fixture(scope="module")
+def views_ckpt(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("v") / "wide.safetensors"
+    ck = save_checkpoint(path, create_model("metaiqa_tiny"), model_name="metaiqa_tiny", preprocess=VIEWS)
+    export_onnx(ck, ck.with_suffix(".onnx"))
+    return ck
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i, (h, w) in enumerate([(96, 96), (150, 200), (300, 400), (120, 90), (400, 300)]):
+        img = np.asarray(Image.fromarray(natural_image(max(h, w), seed=i)).resize((w, h)))
+        paths.append(folder / f"p{i}.jpg")
+        Image.fromarray(img).save(paths[-1], quality=92)
+    return paths
+
+
+def test_light_scores_equal_the_full_onnx_path_and_torch(views_ckpt, photos):
+    lite = LiteScorer.open(views_ckpt)
+    assert lite is not None and lite.preprocess == VIEWS
+    full = Scorer.from_checkpoint(views_ckpt, backend="onnx")
+    torch_scores = Scorer.from_checkpoint(views_ckpt).score_paths(photos)
+    lite_scores = [r.score for r in lite.score_paths_safe(photos)]
+    assert lite_scores == pytest.approx(full.score_paths(photos), abs=1e-6)
+    assert lite_scores == pytest.approx(torch_scores, abs=0.01)
+    assert len(set(np.round(lite_scores, 6))) > 1
+
+
+def test_light_path_declines_what_only_the_full_path_can_do(views_ckpt, tmp_path):
+    center = make_checkpoint(tmp_path / "center.safetensors")
+    export_onnx(center, center.with_suffix(".onnx"))
+    assert LiteScorer.open(center) is None  # center_crop policy: torch resizing
+    lone = tmp_path / "lone.safetensors"
+    lone.write_bytes(views_ckpt.read_bytes())
+    (tmp_path / "lone.json").write_bytes(views_ckpt.with_suffix(".json").read_bytes())
+    assert LiteScorer.open(lone) is None  # no export beside it, none in the cache yet
+    Scorer.from_checkpoint(lone, backend="onnx")  # exports once into the cache ...
+    import metaiqa.models.sidecar as sidecar
+
+    sha = sidecar.read_sidecar(lone)["sha256"]
+    assert cached_export_path("lone", sha).is_file()
+    assert LiteScorer.open(lone) is not None  # ... which the light path then finds
+    data = bytearray(lone.read_bytes())
+    data[-5] ^= 0xFF  # tampered weights: the light path steps aside, the full path names the fault
+    lone.write_bytes(bytes(data))
+    assert LiteScorer.open(lone) is None
+    with pytest.raises(ChecksumMismatch):
+        Scorer.from_checkpoint(lone, backend="onnx")
+
+
+def test_cli_score_skips_torch_once_the_export_exists(views_ckpt, photos):
+    code = (
+        "import sys, json; from metaiqa.cli import main; "
+        f"rc = main(['-q', 'score', {str(photos[2])!r}, '--model', {str(views_ckpt)!r}, '--format', 'json']); "
+        "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    rows, status = out.stdout.rsplit("\n", 2)[0], json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == {"rc": 0, "torch": False}
+    expected = Scorer.from_checkpoint(views_ckpt).score_paths([photos[2]])[0]
+    assert json.loads(rows)[0]["score"] == pytest.approx(expected, abs=0.01)
+
+
+def test_auto_backend_picks_onnx_and_falls_back_to_torch_saying_why(views_ckpt, monkeypatch, caplog):
+    assert resolve_backend_name("auto") == "onnx"
+    assert resolve_backend_name("torch") == "torch"
+    monkeypatch.setattr(backends_mod, "onnxruntime_available", lambda: False)
+    assert resolve_backend_name("auto") == "torch"
+    monkeypatch.undo()
+
+    import metaiqa.inference.onnx_export as onnx_export
+
+    def fail(*a, **k):
+        raise BackendUnavailable("cannot write the ONNX export to /read-only")
+
+    monkeypatch.setattr(onnx_export, "onnx_backend_for", fail)
+    with caplog.at_level("WARNING"):
+        scorer = Scorer.from_checkpoint(views_ckpt, backend="auto")
+    assert scorer.backend.name == "torch"
+    assert "/read-only" in caplog.text
+    with pytest.raises(BackendUnavailable, match="read-only"):
+        Scorer.from_checkpoint(views_ckpt, backend="onnx")
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_reading_ahead_keeps_order_and_per_file_errors(views_ckpt, photos, tmp_path, light):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    paths = [photos[0], bad, *photos[1:], tmp_path / "missing.jpg", photos[0]]
+    scorer = LiteScorer.open(views_ckpt) if light else Scorer.from_checkpoint(views_ckpt)
+    ahead = [r for chunk in scorer.iter_paths_safe(paths, batch_size=2) for r in chunk]
+    plain = [r for chunk in scorer.iter_paths_safe(paths, batch_size=2, prefetch=False) for r in chunk]
+    assert len(ahead) == len(paths)
+    assert [type(r).__name__ for r in ahead] == [type(r).__name__ for r in plain]
+    assert isinstance(ahead[1], Exception) and isinstance(ahead[-2], OSError)
+    scores = [r.score for r in ahead if not isinstance(r, Exception)]
+    assert scores == [r.score for r in plain if not isinstance(r, Exception)]
+    assert scores[0] == scores[-1]  # the same photo, first and last
