@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--references", type=Path, default=REFERENCES)
     ap.add_argument("--n", type=int, default=100, help="photos per set")
     ap.add_argument("--rounds", type=int, default=1, help="alternating runs of both tools")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"], help="default: auto, as the CLI and service")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "speed_photos.json")
     args = ap.parse_args(argv)
     if args.n < 1 or args.rounds < 1:

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("part", choices=["throughput", "heatmaps"])
     ap.add_argument("--model", default="metaiqa-default", help="bare scorer's model (the service serves its default)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"], help="default: auto, as the CLI and service")
     ap.add_argument("--n", type=int, default=200, help="answered requests per measurement (and bare images)")
     ap.add_argument("--clients", type=int, nargs="+", default=None, help="default: 4 16 (throughput), 4 (heatmaps)")
     ap.add_argument("--heatmap-clients", type=int, default=1)

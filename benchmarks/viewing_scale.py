@@ -97,7 +97,8 @@ def measure_scale(ckpt: str, scale: int, val: list, synth: tuple | None, max_vie
     scorer = Scorer(scorer.model, preprocess, name=scorer.name, meta=scorer.meta)
     t0 = time.perf_counter()
     if crop:
-        pred = np.asarray(scorer.score_arrays([crop_4x3(s.path) for s in val]), dtype=float)
+        pred = np.asarray([x for i in range(0, len(val), 16)  # batches of 16, as score_paths
+                           for x in scorer.score_arrays([crop_4x3(s.path) for s in val[i : i + 16]])], dtype=float)
     else:
         pred = np.asarray(scorer.score_paths([s.path for s in val]), dtype=float)
     seconds = (time.perf_counter() - t0) / len(val)
