@@ -33,9 +33,10 @@ class Settings(BaseSettings):
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1, description="torch's process-wide intra-op threads, used outside "
                                       "the score and heatmap lanes (validation, fine-tune); None: torch's default")
-    backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="scores run on onnx (ONNX Runtime on a hash-verified export), torch (eager), or auto: "
-        "onnx when onnxruntime is installed and the export can be made, else torch")
+    backend: Literal["auto", "torch", "onnx", "int8"] = Field(
+        "auto", description="scores run on onnx (ONNX Runtime on a hash-verified float32 export), int8 (the "
+        "model's NAME.int8.onnx), torch (eager), or auto: int8 if the model has one, else onnx when onnxruntime "
+        "is installed and the export can be made, else torch")
     score_threads: int | None = Field(2, ge=1, description="intra-op threads of the score lane (torch or ONNX "
                                       "Runtime); None: the library's default (one per core)")
 

@@ -10,6 +10,7 @@ from conftest import natural_image
 from PIL import Image
 from service_helpers import make_checkpoint
 
+from metaiqa.cli import main
 from metaiqa.inference import Scorer
 from metaiqa.inference import backends as backends_mod
 from metaiqa.inference.backends import BackendUnavailable, resolve_backend_name
@@ -127,3 +128,68 @@ def test_reading_ahead_keeps_order_and_per_file_errors(views_ckpt, photos, tmp_p
     scores = [r.score for r in ahead if not isinstance(r, Exception)]
     assert scores == [r.score for r in plain if not isinstance(r, Exception)]
     assert scores[0] == scores[-1]  # the same photo, first and last
+
+
+@pytest.fixture(scope="module")
+def int8_ckpt(views_ckpt, photos, tmp_path_factory):
+    """A copy of the views checkpoint with its float32 export and an int8 export beside it."""
+    from metaiqa.inference.onnx_int8 import export_onnx_int8
+
+    folder = tmp_path_factory.mktemp("q")
+    ck = folder / "quant.safetensors"
+    ck.write_bytes(views_ckpt.read_bytes())
+    ck.with_suffix(".json").write_bytes(views_ckpt.with_suffix(".json").read_bytes())
+    export_onnx(ck, ck.with_suffix(".onnx"))
+    calib = folder / "calibration"
+    calib.mkdir()
+    for i in range(6):
+        Image.fromarray(natural_image(160, seed=20 + i)).save(calib / f"c{i}.png")
+    export_onnx_int8(ck, folder / "quant.int8.onnx", calib)
+    return ck
+
+
+def test_int8_export_is_preferred_by_auto_ignored_by_onnx_and_close_to_float(int8_ckpt, photos):
+    from metaiqa.inference.onnx_load import sidecar_path
+
+    side = json.loads(sidecar_path(int8_ckpt.with_name("quant.int8.onnx")).read_text())
+    assert side["dtype"] == "int8" and side["quantization"]["calibration"]["photos"] == 6
+    auto, onnx, req = (Scorer.from_checkpoint(int8_ckpt, backend=b) for b in ("auto", "onnx", "int8"))
+    assert (auto.backend.name, onnx.backend.name, req.backend.name) == ("onnx-int8", "onnx", "onnx-int8")
+    assert LiteScorer.open(int8_ckpt).backend.name == "onnx-int8"
+    assert LiteScorer.open(int8_ckpt, int8="no").backend.name == "onnx"
+    q, f = auto.score_paths(photos), onnx.score_paths(photos)
+    assert q != f  # really another model file
+    assert np.abs(np.array(q) - np.array(f)).max() < 0.05  # a tiny random network: a loose bound
+
+
+def test_int8_backend_without_an_export_says_how_to_make_one(views_ckpt, capsys, photos):
+    with pytest.raises(BackendUnavailable, match="metaiqa export --onnx --int8 --calibration"):
+        Scorer.from_checkpoint(views_ckpt, backend="int8")
+    assert LiteScorer.open(views_ckpt, int8="require") is None
+    assert main(["-q", "score", str(photos[0]), "--model", str(views_ckpt), "--backend", "int8"]) == 2
+    assert "--int8 --calibration" in capsys.readouterr().err
+
+
+def test_tampered_int8_export_is_refused_not_skipped(int8_ckpt, tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    for f in int8_ckpt.parent.iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    q = folder / "quant.int8.onnx"
+    data = bytearray(q.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    q.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch):
+        Scorer.from_checkpoint(folder / "quant.safetensors", backend="auto")
+
+
+def test_export_int8_needs_calibration_photos(views_ckpt, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--onnx", "--int8", str(views_ckpt), str(tmp_path / "x.int8.onnx")])
+    assert exc.value.code == 2 and "--calibration" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", "--onnx", "--int8", "--calibration", str(empty), str(views_ckpt),
+                 str(tmp_path / "x.int8.onnx")]) == 2
+    assert "at least 4" in capsys.readouterr().err

@@ -121,10 +121,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_int_at_least(1), default=16, metavar="N", help="images per forward pass")
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="torch CPU threads")
     p.add_argument(
-        "--backend", choices=("auto", "torch", "onnx"), default="auto",
-        help="auto (default): onnx when onnxruntime is installed, else torch; onnx: ONNX Runtime on a "
-        "hash-verified export of the model (NAME.onnx beside the checkpoint, else exported once into "
-        "~/.cache/metaiqa; later runs skip loading torch); torch: eager PyTorch",
+        "--backend", choices=("auto", "torch", "onnx", "int8"), default="auto",
+        help="auto (default): the model's int8 export if it has one (NAME.int8.onnx beside it, e.g. "
+        "metaiqa-default), else onnx, else torch; onnx: ONNX Runtime on a hash-verified float32 export "
+        "(NAME.onnx beside the checkpoint, else exported once into ~/.cache/metaiqa; later runs skip "
+        "loading torch); int8: the int8 export only; torch: eager PyTorch",
     )  # fmt: skip
 
 
@@ -240,12 +241,14 @@ def _load_scorer(args: argparse.Namespace):
 
     path = resolve_checkpoint(args.model, args.models_dir)
     backend = getattr(args, "backend", "auto")
-    if resolve_backend_name(backend) == "onnx" and getattr(args, "heatmap_dir", None) is None:
+    if resolve_backend_name(backend) in ("onnx", "int8") and getattr(args, "heatmap_dir", None) is None:
         from metaiqa.inference.lite import LiteScorer
+        from metaiqa.inference.onnx_load import INT8_USE
 
-        scorer = LiteScorer.open(path, threads=args.threads)
+        scorer = LiteScorer.open(path, threads=args.threads, int8=INT8_USE[backend])
         if scorer is not None:
-            log.info("model %s (%s), preprocess %s, ONNX Runtime (light path)", scorer.name, path, scorer.preprocess)
+            log.info("model %s (%s), preprocess %s, %s (light path)", scorer.name, path, scorer.preprocess,
+                     scorer.backend.name)
             return scorer
     from metaiqa.inference.scorer import Scorer
 

@@ -69,9 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", type=Path, help="serve every checkpoint in this folder too (?model=NAME)")
     p.add_argument("--config", type=Path, help="YAML service settings (see configs/serve.yaml)")
     p.add_argument(
-        "--backend", choices=("auto", "torch", "onnx"),
-        help="run scores on onnx (ONNX Runtime on a hash-verified export), torch (eager) or auto (onnx when "
-        "onnxruntime is installed, else torch); default: the config's backend, else auto",
+        "--backend", choices=("auto", "torch", "onnx", "int8"),
+        help="run scores on onnx (ONNX Runtime on a hash-verified float32 export), int8 (a model's "
+        "NAME.int8.onnx), torch (eager) or auto (int8 where a model has one, else onnx when onnxruntime "
+        "is installed, else torch); default: the config's backend, else auto",
     )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

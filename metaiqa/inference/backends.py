@@ -6,7 +6,8 @@ same views give (nearly) the same scores whatever runs them:
 - "auto" (the CLI's and the service's default): ONNX Runtime when it is installed, else torch.
 - `TorchBackend`: the checkpoint's torch model, eager, float32 (the library's default).
 - `OnnxBackend`: ONNX Runtime (CPU) on a verified export of the same checkpoint (`metaiqa
-  export --onnx`, see metaiqa.inference.onnx_export); onnxruntime is a dependency, and without
+  export --onnx`, see metaiqa.inference.onnx_export), float32, or static int8 ("int8"; "auto"
+  uses NAME.int8.onnx beside the checkpoint when present: metaiqa.inference.onnx_int8); onnxruntime is a dependency, and without
   it asking for "onnx" raises `BackendUnavailable` with the install command. Parity with torch
   is tested (scores within 0.01, in practice ~1e-4).
 
@@ -38,7 +39,7 @@ from metaiqa.inference.onnx_load import (  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "int8")
 
 
 class Backend(Protocol):
@@ -54,7 +55,9 @@ def check_backend_name(name: str) -> str:
 
 
 def resolve_backend_name(name: str) -> str:
-    """"auto" -> "onnx" when onnxruntime is installed (faster here: benchmarks/README.md), else "torch"."""
+    """"auto" -> "onnx" when onnxruntime is installed (faster here: benchmarks/README.md), else "torch".
+
+    ("onnx" then prefers an int8 export beside the checkpoint: see `INT8_USE`.)"""
     if check_backend_name(name) != "auto":
         return name
     return "onnx" if onnxruntime_available() else "torch"
@@ -84,7 +87,7 @@ class OnnxBackend:
 
     def __init__(self, session: OnnxSession):
         self.session = session
-        self.source, self.threads = session.source, session.threads
+        self.name, self.source, self.threads = session.name, session.source, session.threads
 
     def __call__(self, views: torch.Tensor) -> torch.Tensor:
         import torch

@@ -5,8 +5,8 @@
 it can, with the same checks as the full path:
 
 - the checkpoint's sidecar is read and its tensor file hashed (sha256 equal to the sidecar's);
-- the export is NAME.onnx beside the checkpoint, else the cached one named by the checkpoint's
-  hash (`metaiqa.inference.onnx_load`), verified against its own sidecar and required to come
+- the export is NAME.int8.onnx beside the checkpoint (unless int8 is not wanted), else NAME.onnx
+  beside it, else the cached one named by the checkpoint's hash (`metaiqa.inference.onnx_load`), verified against its own sidecar and required to come
   from exactly this checkpoint;
 - the policy is "views" (the policy of whole-image models; the others need torch resizing).
 
@@ -26,7 +26,13 @@ import numpy as np
 from metaiqa.data.viewing import views_float
 from metaiqa.errors import MetaIQAError
 from metaiqa.inference.decode import DecodeLimits
-from metaiqa.inference.onnx_load import OnnxSession, cached_export_path, load_onnx, sidecar_path
+from metaiqa.inference.onnx_load import (
+    OnnxSession,
+    cached_export_path,
+    int8_export_path,
+    load_onnx,
+    sidecar_path,
+)
 from metaiqa.inference.pipeline import ImagePipeline
 from metaiqa.io import sha256_file
 from metaiqa.models.sidecar import checkpoint_paths, read_sidecar
@@ -47,25 +53,30 @@ class LiteScorer(ImagePipeline):
         self.limits = limits
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, threads: int | None = None) -> "LiteScorer | None":
-        """The light scorer for checkpoint `path`, or None when only the full path can score it."""
+    def open(cls, path: str | os.PathLike, *, threads: int | None = None, int8: str = "prefer") -> "LiteScorer | None":
+        """The light scorer for checkpoint `path`, or None when only the full path can score it.
+
+        `int8` as in `INT8_USE`: "prefer" (NAME.int8.onnx beside the checkpoint if present), "no"
+        (float32 exports only) or "require" (None without it: the full path then says how to make one).
+        """
         try:
-            return cls._open(Path(path), threads)
+            return cls._open(Path(path), threads, int8)
         except (MetaIQAError, OSError) as exc:
             log.debug("light ONNX path unavailable for %s (%s); using the full path", path, exc)
             return None
 
     @classmethod
-    def _open(cls, path: Path, threads: int | None) -> "LiteScorer | None":
+    def _open(cls, path: Path, threads: int | None, int8: str) -> "LiteScorer | None":
         tensor_path, _ = checkpoint_paths(path)
         meta = read_sidecar(tensor_path)
         if meta["preprocess"].get("policy") != "views":
             return None
-        export = tensor_path.with_suffix(".onnx")
-        if not sidecar_path(export).is_file():
-            export = cached_export_path(tensor_path.stem, meta["sha256"])
-            if not sidecar_path(export).is_file():
-                return None
+        candidates = [int8_export_path(tensor_path)] if int8 != "no" else []
+        if int8 != "require":
+            candidates += [tensor_path.with_suffix(".onnx"), cached_export_path(tensor_path.stem, meta["sha256"])]
+        export = next((c for c in candidates if sidecar_path(c).is_file()), None)
+        if export is None:
+            return None
         if sha256_file(tensor_path) != meta["sha256"]:
             return None  # the full path recovers a committed .prev file or names the mismatch
         session, export_meta = load_onnx(export, source_sha256=meta["sha256"], threads=threads)
@@ -76,7 +87,7 @@ class LiteScorer(ImagePipeline):
         return cls(session, preprocess, name=tensor_path.stem, meta=meta)
 
     def __repr__(self) -> str:
-        return f"LiteScorer(name={self.name!r}, preprocess={self.preprocess}, backend='onnx')"
+        return f"LiteScorer(name={self.name!r}, preprocess={self.preprocess}, backend={self.session.name!r})"
 
     @property
     def backend(self) -> OnnxSession:

@@ -37,6 +37,7 @@ from metaiqa.inference.backends import OnnxBackend
 from metaiqa.inference.onnx_load import (  # noqa: F401  (re-exported: the loading half of this module)
     _SCORE_FIELDS,
     FORMAT,
+    INT8_USE,
     ONNX_INPUT,
     ONNX_OUTPUT,
     BackendUnavailable,
@@ -44,6 +45,7 @@ from metaiqa.inference.onnx_load import (  # noqa: F401  (re-exported: the loadi
     _canon,
     cache_dir,
     cached_export_path,
+    int8_export_path,
     load_onnx,
     sidecar_path,
 )
@@ -88,18 +90,33 @@ def _onnx_bytes(model: torch.nn.Module, size: int, props: dict[str, str]) -> byt
 
 def write_onnx(ckpt: LoadedCheckpoint, out: str | os.PathLike, *, note: str | None = None) -> Path:
     """Export a loaded (verified) checkpoint: OUT.onnx, then its sidecar OUT.onnx.json (the commit)."""
+    out = _check_onnx_name(out)
+    blob = _onnx_bytes(ckpt.model, export_size(ckpt), _embedded(ckpt.meta, ckpt.preprocess))
+    return commit_export(ckpt, out, blob, {"dtype": "float32"}, note=note)
+
+
+def _check_onnx_name(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.suffix != ".onnx":
         raise InvalidInput(f"ONNX output must end in .onnx, got {out}")
+    return out
+
+
+def export_size(ckpt: LoadedCheckpoint) -> int:
+    """Side of the example input the exporter traces with (any size runs: H and W are dynamic)."""
+    return int(ckpt.preprocess.get("size", 224)) if ckpt.preprocess.get("policy") != "native" else 224
+
+
+def commit_export(ckpt: LoadedCheckpoint, out: Path, blob: bytes, fields: dict[str, Any], *,
+                  note: str | None = None) -> Path:
+    """Write OUT.onnx, then its sidecar (the commit): the file's sha256, the fields a score depends
+    on, the source checkpoint, and `fields` (dtype, and for int8 how it was calibrated)."""
     meta = ckpt.meta
-    props = _embedded(meta, ckpt.preprocess)
-    size = int(ckpt.preprocess.get("size", 224)) if ckpt.preprocess.get("policy") != "native" else 224
-    blob = _onnx_bytes(ckpt.model, size, props)
     sidecar = {
         "format": FORMAT, "sha256": sha256_bytes(blob), "model": meta["model"],
         "model_kwargs": meta.get("model_kwargs") or {}, "preprocess": ckpt.preprocess,
         "source": {"name": ckpt.name, "path": str(ckpt.path), "sha256": meta["sha256"]},
-        "opset": OPSET, "dtype": "float32", "torch_version": torch.__version__, "metaiqa_version": __version__,
+        "opset": OPSET, **fields, "torch_version": torch.__version__, "metaiqa_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **({"note": note} if note else {}),
     }  # fmt: skip
@@ -114,12 +131,20 @@ def export_onnx(src: str | os.PathLike, out: str | os.PathLike, *, note: str | N
 
 
 def onnx_backend_for(
-    ckpt: LoadedCheckpoint, onnx_path: str | os.PathLike | None = None, *, threads: int | None = None
+    ckpt: LoadedCheckpoint, onnx_path: str | os.PathLike | None = None, *, threads: int | None = None,
+    int8: str = "no",
 ) -> OnnxBackend:
-    """The ONNX backend for `ckpt`: `onnx_path`, else NAME.onnx beside it, else the cache (exported once)."""
+    """The ONNX backend for `ckpt`: `onnx_path`; else NAME.int8.onnx beside it when `int8` is
+    "prefer" or "require" (see INT8_USE); else NAME.onnx beside it; else the cache (exported once)."""
     sha = ckpt.meta["sha256"]
     if onnx_path is not None:
         return OnnxBackend(load_onnx(onnx_path, source_sha256=sha, threads=threads)[0])
+    quantized = int8_export_path(ckpt.path)
+    if int8 != "no" and sidecar_path(quantized).is_file():
+        return OnnxBackend(load_onnx(quantized, source_sha256=sha, threads=threads)[0])
+    if int8 == "require":
+        raise BackendUnavailable(f"backend int8: no int8 export beside the checkpoint ({quantized}); make one with "
+                                 f"metaiqa export --onnx --int8 --calibration PHOTOS {ckpt.path} {quantized}")
     beside = ckpt.path.with_suffix(".onnx")
     if sidecar_path(beside).is_file():
         return OnnxBackend(load_onnx(beside, source_sha256=sha, threads=threads)[0])

@@ -118,6 +118,7 @@ def load_onnx(
         raise ChecksumMismatch(f"{path}: sha256 is {actual}, its sidecar expects {meta['sha256']}; "
                                "file corrupt or replaced (re-run metaiqa export --onnx)")
     session = OnnxSession(blob, threads=threads, source=str(path))
+    session.name = "onnx-int8" if meta.get("dtype") == "int8" else "onnx"
     embedded = dict(session.session.get_modelmeta().custom_metadata_map)
     if embedded.get("metaiqa_format") != FORMAT:
         raise CorruptCheckpoint(f"{path}: not a metaiqa ONNX export (no {FORMAT} metadata inside the file)")
@@ -141,6 +142,16 @@ def cache_dir() -> Path:
         return Path(root).expanduser() / "onnx"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "metaiqa" / "onnx"
+
+
+def int8_export_path(tensor_path: str | os.PathLike) -> Path:
+    """NAME.int8.onnx beside NAME.safetensors: the int8 export `--backend auto` prefers."""
+    p = Path(tensor_path)
+    return p.with_name(p.stem + ".int8.onnx")
+
+
+#: how a backend name treats an int8 export: "onnx" never uses one, "auto" prefers it, "int8" needs it
+INT8_USE = {"onnx": "no", "auto": "prefer", "int8": "require"}
 
 
 def cached_export_path(name: str, sha256: str) -> Path:

@@ -77,8 +77,10 @@ class Scorer(ImagePipeline):
 
         `backend`: "torch" (eager), "onnx" (ONNX Runtime on the checkpoint's verified export:
         `onnx_path`, else NAME.onnx beside the checkpoint, else one exported once into the cache,
-        see metaiqa.inference.onnx_export) or "auto" (onnx when onnxruntime is installed and the
-        export can be made, else torch, saying why; the CLI's and the service's default). The torch model is loaded either way
+        see metaiqa.inference.onnx_export), "int8" (NAME.int8.onnx beside the checkpoint, see
+        metaiqa.inference.onnx_int8) or "auto" (the int8 export if present, else onnx when
+        onnxruntime is installed and the export can be made, else torch, saying why; the CLI's
+        and the service's default). The torch model is loaded either way
         (heatmaps need its gradients); only scores go through the chosen backend.
         `backend_threads`: ONNX Runtime's intra-op threads (default: `threads`, else one per core).
         """
@@ -87,12 +89,12 @@ class Scorer(ImagePipeline):
         kw.setdefault("name", ckpt.name)
         kw.setdefault("meta", ckpt.meta)
         preprocess = kw.pop("preprocess", None) or ckpt.preprocess
-        if chosen == "onnx":
-            from metaiqa.inference.onnx_export import onnx_backend_for
+        if chosen in ("onnx", "int8"):
+            from metaiqa.inference.onnx_export import INT8_USE, onnx_backend_for
 
             threads = backend_threads if backend_threads is not None else kw.get("threads")
             try:
-                kw["backend"] = onnx_backend_for(ckpt, onnx_path, threads=threads)
+                kw["backend"] = onnx_backend_for(ckpt, onnx_path, threads=threads, int8=INT8_USE[backend])
             except BackendUnavailable as exc:
                 if backend != "auto":
                     raise
