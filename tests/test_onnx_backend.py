@@ -166,3 +166,13 @@ def test_serve_backend_flag_reaches_the_workers(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no ./configs/serve.yaml
     assert main(["serve", "--backend", "onnx"]) == 0
     assert seen["settings"].backend == "onnx"
+
+
+def test_heatmap_shows_the_score_the_onnx_backend_answers(ckpt, exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAIQA_CACHE_DIR", str(tmp_path / "cache"))
+    png = png_bytes(96, seed=5)
+    with TestClient(create_app(settings_for(ckpt, backend="onnx", score_threads=1))) as c:
+        scored = c.post("/v1/score", files={"image": ("a.png", png, "image/png")}).json()["results"][0]["score"]
+        heat = c.post("/v1/heatmap", files={"image": ("a.png", png, "image/png")})
+    assert heat.status_code == 200, heat.text
+    assert heat.json()["score"] == pytest.approx(scored, abs=1e-5)

@@ -121,10 +121,12 @@ async def heatmap(
 
     def work():
         res = explain(scorer.model, item.image, scorer.preprocess, method, crops=scorer.crops)
-        return res, (overlay_png(item.image, res.heat, method=res.method, score=res.score) if png else None)
+        # the map is drawn by the float32 torch model; the score shown with it comes from the backend
+        # /v1/score uses (e.g. int8, within 0.01 of the map's own forward pass), so the two agree
+        score = res.score if scorer.backend.name == "torch" else scorer.score_arrays([item.image])[0]
+        return res, score, (overlay_png(item.image, res.heat, method=res.method, score=score) if png else None)
 
-    res, overlay = await state.heatmaps.call(work)
-    score = res.score
+    res, score, overlay = await state.heatmaps.call(work)
     state.metrics.scores.observe(score, model=served.name)
     if png:
         headers = {"X-Score": f"{score:.6f}", "X-Model": quote(served.name), "X-Heatmap-Method": res.method,
