@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from metaiqa.cli.score import _int_at_least, add_models_dir_arg  # one parser per shared flag
+from metaiqa.cli.score_output import describe_error
 from metaiqa.errors import InvalidInput
 
 log = logging.getLogger("metaiqa.cli.calibrate")
@@ -117,12 +118,6 @@ def image_files(folder: Path, what: str) -> list[Path]:
     return files
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 def score_sets(model: Any, sets: dict[str, list[Path]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per file: {path, set, score, error}; unreadable files get an error, never raise."""
     from tqdm import tqdm
@@ -138,7 +133,7 @@ def score_sets(model: Any, sets: dict[str, list[Path]], args: argparse.Namespace
             for path, res in zip(files, results, strict=True):
                 row: dict[str, Any] = {"path": str(path), "set": name, "score": None, "error": None}
                 if isinstance(res, Exception):
-                    row["error"] = _describe(res)
+                    row["error"] = describe_error(res)
                     log.warning("cannot score %s: %s", path, row["error"])
                 else:
                     row["score"] = float(res.score)
@@ -306,7 +301,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             write_plot(args.plot, scores, suggestion, model.name)
             report["plot"] = str(args.plot)
         except OSError as exc:
-            log.error("cannot write the plot %s: %s", args.plot, _describe(exc))
+            log.error("cannot write the plot %s: %s", args.plot, describe_error(exc))
             code = EXIT_USAGE
     if args.format == "json":
         json.dump(report, sys.stdout, indent=2)

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from metaiqa.cli.score_output import GATE_FORMATS, SCORE_FORMATS, ScoreWriter, read_path_list, write_gate
+from metaiqa.cli.score_output import (
+    GATE_FORMATS,
+    SCORE_FORMATS,
+    HeatmapWriter,
+    ScoreWriter,
+    describe_error,
+    read_path_list,
+    write_gate,
+)
 
 log = logging.getLogger("metaiqa.cli.score")
 
@@ -277,19 +285,13 @@ def iter_score_rows(scorer, paths: list[Path], args: argparse.Namespace) -> Iter
 def _row(path: Path, res: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"path": str(path), "score": None, "width": None, "height": None}
     if isinstance(res, Exception):
-        row["error"] = _describe(res)
+        row["error"] = describe_error(res)
         row["error_type"] = type(res).__name__
         log.warning("cannot score %s: %s", path, row["error"])
     else:
         row.update(score=round(res.score, 6), width=res.width, height=res.height, error=None)
         row["_raw"] = res.score  # the gate compares the unrounded score
     return row
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _problem_rows(problems: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -299,42 +301,6 @@ def _problem_rows(problems: list[tuple[str, str]]) -> list[dict[str, Any]]:
         {"path": spec, "score": None, "width": None, "height": None, "error": why, "error_type": "InputNotFound"}
         for spec, why in problems
     ]
-
-
-class HeatmapWriter:
-    """An overlay PNG per scored row (NAME.METHOD.png, unique names); the score drawn on it comes
-    from the views the map explains."""
-
-    def __init__(self, scorer, out_dir: Path, method: str | None, crops: int | None = None) -> None:
-        from metaiqa.inference.heatmap import default_method
-
-        self.scorer, self.out_dir, self.crops = scorer, out_dir, crops or scorer.crops
-        self.method = method or default_method(scorer.preprocess)
-        self.used: set[str] = set()
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    def write(self, row: dict[str, Any]) -> None:
-        """Adds row["heatmap"] (the PNG's path); a file that fails now is logged, not raised."""
-        from metaiqa.errors import InvalidInput
-        from metaiqa.inference.decode import DecodeError, read_image_file
-        from metaiqa.inference.heatmap import explain, overlay_png
-        from metaiqa.models.checkpoint import atomic_write_bytes
-
-        if row["score"] is None:
-            return
-        stem, method = Path(row["path"]).stem, self.method
-        name, k = f"{stem}.{method}.png", 1
-        while name in self.used:
-            k += 1
-            name = f"{stem}-{k}.{method}.png"
-        self.used.add(name)
-        try:
-            image = read_image_file(row["path"], self.scorer.limits)
-            res = explain(self.scorer.model, image, self.scorer.preprocess, method, crops=self.crops)
-            atomic_write_bytes(self.out_dir / name, overlay_png(image, res.heat, method=method, score=res.score))
-            row["heatmap"] = str(self.out_dir / name)
-        except (DecodeError, InvalidInput, OSError) as exc:  # file changed since scoring, or the folder is not writable
-            log.warning("no heatmap for %s: %s", row["path"], _describe(exc))
 
 
 # --- commands ---------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from metaiqa.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 SCORE_FORMATS = ("table", "json", "jsonl", "csv")
 GATE_FORMATS = ("table", "json", "csv")
@@ -144,3 +147,46 @@ def write_gate(rows: list[dict[str, Any]], fmt: str, report: dict[str, Any], out
         [[result[r["passed"]].upper(), fmt_score(r["score"]), r["path"], r.get("error") or ""] for r in rows],
         out,
     )
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for a file that could not be scored (the OS message for OSErrors)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class HeatmapWriter:
+    """An overlay PNG per scored row (NAME.METHOD.png, unique names); the score drawn on it is the
+    row's (the scorer's backend, e.g. int8), the map the float32 model's over the same views."""
+
+    def __init__(self, scorer, out_dir: Path, method: str | None, crops: int | None = None) -> None:
+        from metaiqa.inference.heatmap import default_method
+
+        self.scorer, self.out_dir, self.crops = scorer, out_dir, crops or scorer.crops
+        self.method = method or default_method(scorer.preprocess)
+        self.used: set[str] = set()
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Adds row["heatmap"] (the PNG's path); a file that fails now is logged, not raised."""
+        from metaiqa.errors import InvalidInput
+        from metaiqa.inference.decode import DecodeError, read_image_file
+        from metaiqa.inference.heatmap import explain, overlay_png
+        from metaiqa.models.checkpoint import atomic_write_bytes
+
+        if row["score"] is None:
+            return
+        stem, method = Path(row["path"]).stem, self.method
+        name, k = f"{stem}.{method}.png", 1
+        while name in self.used:
+            k += 1
+            name = f"{stem}-{k}.{method}.png"
+        self.used.add(name)
+        try:
+            image = read_image_file(row["path"], self.scorer.limits)
+            res = explain(self.scorer.model, image, self.scorer.preprocess, method, crops=self.crops)
+            atomic_write_bytes(self.out_dir / name, overlay_png(image, res.heat, method=method, score=row["score"]))
+            row["heatmap"] = str(self.out_dir / name)
+        except (DecodeError, InvalidInput, OSError) as exc:  # file changed since scoring, or the folder is not writable
+            log.warning("no heatmap for %s: %s", row["path"], describe_error(exc))
