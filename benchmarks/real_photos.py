@@ -93,7 +93,7 @@ def score_all(args, paths: list[Path]) -> tuple[dict, dict, list[str], dict]:
     cache = score_cache.ScoreCache.load(args.cache)
     run = score_cache.run_id()
     scores, timing, notes, info = {}, {}, [], {}
-    jobs = [(lb, *score_cache.model_fn(ck, args.threads)) for lb, ck in args.models.items()]
+    jobs = [(lb, *score_cache.model_fn(ck, args.threads, args.backend)) for lb, ck in args.models.items()]
     jobs += [(p, p, score_cache.peer_fn(p), {"peer": p}) for p in args.peers]
     for label, scorer_id, fn, meta in jobs:
         refresh = args.refresh_models and scorer_id.startswith("model:")
@@ -188,6 +188,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", action="append", default=[], metavar="LABEL=CKPT",
                     help="model to score (checkpoint path or bundled name); repeatable")
     ap.add_argument("--peers", nargs="*", default=["brisque", "niqe"], choices=["brisque", "niqe"])
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "int8", "auto"],
+                    help="what runs the models (default torch, float32; int8: a model's NAME.int8.onnx, "
+                         "as `metaiqa score` runs metaiqa-default)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the accuracy run (default 1)")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N photos (by name): smoke tests")

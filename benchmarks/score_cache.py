@@ -110,18 +110,23 @@ def peer_fn(name: str) -> BatchFn:
     return lambda paths: [one(np.asarray(Image.open(p).convert("RGB"))) for p in paths]
 
 
-def model_fn(ckpt: str, threads: int = 1) -> tuple[str, BatchFn, dict]:
-    """(scorer id, batch scorer, sidecar summary) for a checkpoint path or bundled model name."""
+def model_fn(ckpt: str, threads: int = 1, backend: str = "torch") -> tuple[str, BatchFn, dict]:
+    """(scorer id, batch scorer, sidecar summary) for a checkpoint path or bundled model name.
+
+    `backend` as `Scorer.from_checkpoint`; a non-torch backend is part of the id (its scores differ).
+    """
     from metaiqa.inference.scorer import Scorer
     from metaiqa.models.pretrained import resolve_checkpoint
 
     path = resolve_checkpoint(ckpt)
-    scorer = Scorer.from_checkpoint(path, threads=threads)
+    scorer = Scorer.from_checkpoint(path, threads=threads, backend=backend)
     policy = json.dumps(scorer.preprocess, sort_keys=True, separators=(",", ":"))
     sha = scorer.meta.get("sha256", "unknown")
-    info = {"checkpoint": str(path), "sha256": sha, "preprocess": scorer.preprocess,
+    runs_on = scorer.backend.name
+    info = {"checkpoint": str(path), "sha256": sha, "preprocess": scorer.preprocess, "backend": runs_on,
             "iteration": scorer.meta.get("iteration"), "note": scorer.meta.get("note")}
-    return f"model:{sha}:{policy}", lambda paths: scorer.score_paths(list(paths), batch_size=16), info
+    scorer_id = f"model:{sha}:{policy}" + ("" if runs_on == "torch" else f":{runs_on}")
+    return scorer_id, lambda paths: scorer.score_paths(list(paths), batch_size=16), info
 
 
 def cache_note(label: str, scored: Scored, cache_path: Path) -> str | None:

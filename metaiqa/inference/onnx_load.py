@@ -56,7 +56,8 @@ class OnnxSession:
     """ONNX Runtime on the CPU, from model bytes already verified by the caller; numpy in and out.
 
     `threads`: intra-op threads of this session (None: ONNX Runtime's default, one per core).
-    One session may be run from one thread at a time here (the service's score lane).
+    ONNX Runtime allows concurrent `run` calls; in the service the score lane runs it, and the
+    heatmap lane once per map (the score shown with it).
     """
 
     name = "onnx"
