@@ -193,3 +193,15 @@ def test_export_int8_needs_calibration_photos(views_ckpt, tmp_path, capsys):
     assert main(["export", "--onnx", "--int8", "--calibration", str(empty), str(views_ckpt),
                  str(tmp_path / "x.int8.onnx")]) == 2
     assert "at least 4" in capsys.readouterr().err
+
+
+def test_forward_passes_are_capped_and_scores_do_not_depend_on_the_cap(views_ckpt, photos):
+    scorer = LiteScorer.open(views_ckpt)
+    big = scorer.score_paths(photos * 4)
+    sizes = []
+    original = scorer._forward
+    scorer._forward = lambda views: sizes.append(len(views)) or original(views)
+    scorer.max_views_per_pass = 5
+    capped = scorer.score_paths(photos * 4)
+    assert max(sizes) <= 5 and len(sizes) > 1
+    assert capped == pytest.approx(big, abs=1e-6)

@@ -35,6 +35,7 @@ class ImagePipeline:
     preprocess: dict[str, Any]
     limits: DecodeLimits
     crops: int
+    max_views_per_pass: int = 32
 
     def views(self, image: np.ndarray, crops: int | None = None) -> Any:
         """The (k, 3, h, w) batch of views the model scores for one uint8 HxWx3 image."""
@@ -97,8 +98,10 @@ class ImagePipeline:
     def score_views(self, per_image: Sequence[Any]) -> list[float]:
         """Mean model score of each image's views (from `prepare`); the only step that runs the model.
 
-        Views of equal size are stacked into one forward pass (with views/center_crop/resize that
-        is every view); the native policy needs one pass per distinct image size.
+        Views of equal size are stacked into forward passes of at most `max_views_per_pass` (with
+        views/center_crop/resize that is every view); the native policy needs one pass per
+        distinct image size. The cap bounds memory (16 photos x 6 views in one pass took 1.7 GB)
+        at no cost in speed (32 views per pass is as fast as 96 here, int8 and float32).
         """
         if not per_image:
             return []
@@ -109,7 +112,9 @@ class ImagePipeline:
             by_shape.setdefault(tuple(view.shape), []).append(j)
         view_scores = np.empty(len(flat), dtype=np.float64)
         for idx in by_shape.values():
-            view_scores[idx] = self._forward([flat[j] for j in idx])
+            for k in range(0, len(idx), self.max_views_per_pass):
+                part = idx[k : k + self.max_views_per_pass]
+                view_scores[part] = self._forward([flat[j] for j in part])
         sums = np.zeros(len(per_image))
         counts = np.zeros(len(per_image))
         np.add.at(sums, owners, view_scores)
