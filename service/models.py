@@ -66,6 +66,7 @@ class ServedModel:
             "created": m.get("created"),
             "sha256": m.get("sha256"),
             "dtype": m.get("dtype"),
+            "backend": self.scorer.backend.name,  # what runs its scores: torch, onnx or onnx-int8
             "preprocess": self.scorer.preprocess,
             "training": {"summary": training, "data": m.get("data") or {}, "metrics": m.get("metrics") or {}},
             "validation": m.get("validation") if isinstance(m.get("validation"), dict) else None,

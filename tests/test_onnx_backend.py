@@ -150,6 +150,7 @@ def test_service_scores_with_the_onnx_backend(ckpt, exported, tmp_path, monkeypa
     with TestClient(create_app(settings_for(ckpt, backend="onnx", score_threads=1))) as c:
         served = c.app.state.service.models.get(None)
         assert served.scorer.backend.name == "onnx"
+        assert c.get("/v1/models").json()["models"][0]["backend"] == "onnx"
         r = c.post("/v1/score", files={"image": ("a.png", png, "image/png")})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["score"] == pytest.approx(ref, abs=0.01)
