@@ -11,6 +11,7 @@ from PIL import Image
 from service_helpers import make_checkpoint
 
 from metaiqa.cli import main
+from metaiqa.errors import InvalidInput
 from metaiqa.inference import Scorer
 from metaiqa.inference import backends as backends_mod
 from metaiqa.inference.backends import BackendUnavailable, resolve_backend_name
@@ -205,3 +206,19 @@ def test_forward_passes_are_capped_and_scores_do_not_depend_on_the_cap(views_ckp
     capped = scorer.score_paths(photos * 4)
     assert max(sizes) <= 5 and len(sizes) > 1
     assert capped == pytest.approx(big, abs=1e-6)
+
+
+def test_int8_calibration_skips_unreadable_photos_and_needs_four_good_ones(views_ckpt, tmp_path, caplog):
+    from metaiqa.inference.onnx_int8 import export_onnx_int8
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    for i in range(3):
+        Image.fromarray(natural_image(160, seed=40 + i)).save(calib / f"c{i}.png")
+    with pytest.raises(InvalidInput, match="only 3 of 4 photos could be read"):
+        export_onnx_int8(views_ckpt, tmp_path / "a.int8.onnx", calib)
+    Image.fromarray(natural_image(160, seed=50)).save(calib / "c3.png")
+    with caplog.at_level("WARNING"):
+        out = export_onnx_int8(views_ckpt, tmp_path / "a.int8.onnx", calib)
+    assert out.is_file() and "broken.jpg" in caplog.text

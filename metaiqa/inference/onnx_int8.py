@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaiqa.errors import InvalidInput
+from metaiqa.errors import InvalidInput, MetaIQAError
 from metaiqa.inference.onnx_export import (
     BackendUnavailable,
     _check_onnx_name,
@@ -44,7 +44,14 @@ def calibration_views(ckpt: LoadedCheckpoint, photos: Sequence[Path]) -> np.ndar
     from metaiqa.inference.scorer import Scorer
 
     scorer = Scorer(ckpt.model, ckpt.preprocess, name=ckpt.name)
-    views = [scorer.views(scorer.read(p).pixels).numpy() for p in photos]
+    views = []
+    for p in photos:
+        try:
+            views.append(scorer.views(scorer.read(p).pixels).numpy())
+        except (MetaIQAError, OSError) as exc:  # an unreadable photo is skipped, not fatal
+            log.warning("calibration: skipping %s (%s)", p, exc)
+    if len(views) < 4:
+        raise InvalidInput(f"calibration: only {len(views)} of {len(photos)} photos could be read; need at least 4")
     shapes = {v.shape[1:] for v in views}
     if len(shapes) != 1:
         raise InvalidInput(f"calibration needs views of one size; the policy {ckpt.preprocess} made {sorted(shapes)}")
