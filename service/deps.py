@@ -7,7 +7,8 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -98,22 +99,30 @@ def get_queue(state: State) -> InferenceQueue:
 QueueDep = Annotated[InferenceQueue, Depends(get_queue)]
 
 
+@contextmanager
+def admission(lane: InferenceQueue | None, holder: Any, limit: int, what: str, limit_text: str) -> Iterator[None]:
+    """Admission to a lane before a request's body is read (score and heatmap routes): 503 +
+    Retry-After when the lane's queue is full or `limit` requests of this kind are already in
+    progress; `holder.admitted` counts them (event loop only, no lock needed)."""
+    if lane is not None:
+        lane.check_room()
+        if holder.admitted >= limit:
+            lane.reject(f"{holder.admitted} {what} requests in progress (limit {limit_text}), "
+                        "refused before reading the upload; retry later")
+    holder.admitted += 1
+    try:
+        yield
+    finally:
+        holder.admitted -= 1
+
+
 async def admit(state: State) -> AsyncIterator[None]:
     """Route dependency of the image routes, resolved before the body is read: under saturation
     (inference queue full, or `max_pending_requests` image requests already being received,
     decoded or scored) answer 503 + Retry-After at once instead of after the upload and decode."""
-    queue = state.queue
-    if queue is not None:
-        queue.check_room()
-        limit = state.settings.max_pending_requests or state.settings.queue_size
-        if state.admitted >= limit:
-            queue.reject(f"{state.admitted} image requests in progress (limit {limit}), "
-                         "refused before reading the upload; retry later")
-    state.admitted += 1
-    try:
+    limit = state.settings.max_pending_requests or state.settings.queue_size
+    with admission(state.queue, state, limit, "image", str(limit)):
         yield
-    finally:
-        state.admitted -= 1
 
 
 # ---------------------------------------------------------------------------- uploads

@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from metaiqa.service.deps import ModelDep, SettingsDep, State, Uploads, decode_uploads
+from metaiqa.service.deps import ModelDep, SettingsDep, State, Uploads, admission, decode_uploads
 from metaiqa.service.errors import TooManyImages, error_responses
 from metaiqa.service.openapi import IMAGE_UPLOAD
 from PIL import Image
@@ -73,19 +73,12 @@ def downsample(heat: np.ndarray, long_side: int) -> np.ndarray:
 async def admit_heatmap(state: State) -> AsyncIterator[None]:
     """Admission to the heatmap lane, before the body is read: at most `max_pending_heatmaps`
     heatmap requests at once (received, decoded, queued or computed); more -> 503 + Retry-After."""
-    lane = state.heatmaps
-    if lane is not None:
-        lane.check_room()
-        limit = state.settings.max_pending_heatmaps
-        if lane.admitted >= limit:
-            lane.reject(f"{lane.admitted} heatmap requests in progress (limit max_pending_heatmaps = {limit}), "
-                        "refused before reading the upload; retry later")
-        lane.admitted += 1
-    try:
+    lane, limit = state.heatmaps, state.settings.max_pending_heatmaps
+    if lane is None:
         yield
-    finally:
-        if lane is not None:
-            lane.admitted -= 1
+        return
+    with admission(lane, lane, limit, "heatmap", f"max_pending_heatmaps = {limit}"):
+        yield
 
 
 def _wants_png(request: Request) -> bool:
