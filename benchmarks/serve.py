@@ -146,15 +146,20 @@ def load(base: str, blobs: list[bytes], requests: int, duration: float, clients:
                     if r.status_code == 200:
                         state["lat"].append(dt)
 
+    wall = run_clients(client, clients)
+    ok = len(state["lat"])
+    return {"wall": wall, "ok": ok, "sent": state["next"], "codes": state["codes"], "lat": state["lat"], "ips": ok / wall}
+
+
+def run_clients(client, clients: int) -> float:
+    """Run client(k) for k in range(clients) on as many threads at once; the wall time until all end."""
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    ok = len(state["lat"])
-    return {"wall": wall, "ok": ok, "sent": state["next"], "codes": state["codes"], "lat": state["lat"], "ips": ok / wall}
+    return time.perf_counter() - start
 
 
 def main() -> int:

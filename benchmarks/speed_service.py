@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import HOST, encode, free_port, percentile, synthetic_photo, wait_ready  # noqa: E402
+from serve import HOST, encode, free_port, percentile, run_clients, synthetic_photo, wait_ready  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,7 +89,7 @@ def drive(base: str, route: str, blobs: list[bytes], clients: int, n: int | None
 
     lock, lat, codes, sent = threading.Lock(), [], {}, [0]
 
-    def client() -> None:
+    def client(_k: int) -> None:
         with httpx.Client(base_url=base, timeout=120) as c:
             while not stop.is_set():
                 with lock:
@@ -105,13 +105,7 @@ def drive(base: str, route: str, blobs: list[bytes], clients: int, n: int | None
                     if r.status_code == 200:
                         lat.append(dt * 1000)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_clients(client, clients)
     return {"images_per_s": len(lat) / wall, "ok": len(lat), "codes": {str(k): v for k, v in codes.items()},
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "wall_s": wall}
 
