@@ -26,13 +26,7 @@ import numpy as np
 from metaiqa.data.viewing import views_float
 from metaiqa.errors import MetaIQAError
 from metaiqa.inference.decode import DecodeLimits
-from metaiqa.inference.onnx_load import (
-    OnnxSession,
-    cached_export_path,
-    int8_export_path,
-    load_onnx,
-    sidecar_path,
-)
+from metaiqa.inference.onnx_load import OnnxSession, existing_export, load_onnx
 from metaiqa.inference.pipeline import ImagePipeline
 from metaiqa.io import sha256_file
 from metaiqa.models.sidecar import checkpoint_paths, read_sidecar
@@ -71,10 +65,7 @@ class LiteScorer(ImagePipeline):
         meta = read_sidecar(tensor_path)
         if meta["preprocess"].get("policy") != "views":
             return None
-        candidates = [int8_export_path(tensor_path)] if int8 != "no" else []
-        if int8 != "require":
-            candidates += [tensor_path.with_suffix(".onnx"), cached_export_path(tensor_path.stem, meta["sha256"])]
-        export = next((c for c in candidates if sidecar_path(c).is_file()), None)
+        export = existing_export(tensor_path, meta["sha256"], int8)
         if export is None:
             return None
         if sha256_file(tensor_path) != meta["sha256"]:

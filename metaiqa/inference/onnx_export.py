@@ -45,6 +45,7 @@ from metaiqa.inference.onnx_load import (  # noqa: F401  (re-exported: the loadi
     _canon,
     cache_dir,
     cached_export_path,
+    existing_export,
     int8_export_path,
     load_onnx,
     sidecar_path,
@@ -139,21 +140,18 @@ def onnx_backend_for(
     sha = ckpt.meta["sha256"]
     if onnx_path is not None:
         return OnnxBackend(load_onnx(onnx_path, source_sha256=sha, threads=threads)[0])
-    quantized = int8_export_path(ckpt.path)
-    if int8 != "no" and sidecar_path(quantized).is_file():
-        return OnnxBackend(load_onnx(quantized, source_sha256=sha, threads=threads)[0])
-    if int8 == "require":
+    found = existing_export(ckpt.path, sha, int8)
+    if found is None and int8 == "require":
+        quantized = int8_export_path(ckpt.path)
         raise BackendUnavailable(f"backend int8: no int8 export beside the checkpoint ({quantized}); make one with "
                                  f"metaiqa export --onnx --int8 --calibration PHOTOS {ckpt.path} {quantized}")
-    beside = ckpt.path.with_suffix(".onnx")
-    if sidecar_path(beside).is_file():
-        return OnnxBackend(load_onnx(beside, source_sha256=sha, threads=threads)[0])
-    cached = cached_export_path(ckpt.name, sha)
-    if not sidecar_path(cached).is_file():
-        log.info("exporting %s to ONNX once, into %s", ckpt.name, cached)
+    if found is None:
+        found = cached_export_path(ckpt.name, sha)
+        log.info("exporting %s to ONNX once, into %s", ckpt.name, found)
         try:
-            write_onnx(ckpt, cached, note="exported on demand for --backend onnx")
+            write_onnx(ckpt, found, note="exported on demand for --backend onnx")
         except OSError as exc:
-            raise BackendUnavailable(f"cannot write the ONNX export of {ckpt.name} to {cached} ({exc}); run "
-                                     f"metaiqa export --onnx {ckpt.path} {beside} or set METAIQA_CACHE_DIR") from exc
-    return OnnxBackend(load_onnx(cached, source_sha256=sha, threads=threads)[0])
+            raise BackendUnavailable(f"cannot write the ONNX export of {ckpt.name} to {found} ({exc}); run metaiqa "
+                                     f"export --onnx {ckpt.path} {ckpt.path.with_suffix('.onnx')} or set "
+                                     "METAIQA_CACHE_DIR") from exc
+    return OnnxBackend(load_onnx(found, source_sha256=sha, threads=threads)[0])

@@ -158,3 +158,13 @@ INT8_USE = {"onnx": "no", "auto": "prefer", "int8": "require"}
 def cached_export_path(name: str, sha256: str) -> Path:
     """Where the on-demand export of checkpoint `name` (sha256 `sha256`) lives in the cache."""
     return cache_dir() / f"{name}-{sha256[:16]}.onnx"
+
+
+def existing_export(tensor_path: str | os.PathLike, sha256: str, int8: str = "no") -> Path | None:
+    """The export a checkpoint's scorer should load, if one exists: NAME.int8.onnx beside it (unless
+    `int8` is "no"), else (unless `int8` is "require") NAME.onnx beside it, else its cached export."""
+    p = Path(tensor_path)
+    candidates = [int8_export_path(p)] if int8 != "no" else []
+    if int8 != "require":
+        candidates += [p.with_suffix(".onnx"), cached_export_path(p.stem, sha256)]
+    return next((c for c in candidates if sidecar_path(c).is_file()), None)
