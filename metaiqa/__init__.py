@@ -9,7 +9,9 @@ first use, so `import metaiqa` stays cheap (no torch) for the CLI and for tools 
 read `__version__`.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from metaiqa._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,16 +43,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from metaiqa.errors import InvalidInput, MetaIQAError  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metaiqa' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

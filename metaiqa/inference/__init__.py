@@ -4,7 +4,9 @@ Names load lazily (PEP 562): `metaiqa.inference.decode`, `.lite` and `.onnx_load
 torch (the light ONNX scoring path of `metaiqa score`); `Scorer` imports it on first use.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from metaiqa._lazy import lazy_exports
 
 _DECODE = ("DecodedImage", "DecodeError", "DecodeLimits", "FileTooLarge", "ImageTooSmall", "NotAnImage",
            "TooManyPixels", "TruncatedImage", "decode", "decode_image", "read_file", "read_image_file")
@@ -36,16 +38,4 @@ if TYPE_CHECKING:
     from metaiqa.inference.scorer import Scorer, ScoreResult  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metaiqa.inference' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

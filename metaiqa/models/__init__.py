@@ -5,23 +5,25 @@ used without importing torch (the light ONNX scoring path); an architecture is b
 imported, on first use of `create_model` or a checkpoint function.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from metaiqa._lazy import lazy_exports
 
 _LAZY = {
-    "ChecksumMismatch": "sidecar",
-    "CorruptCheckpoint": "sidecar",
-    "MissingChecksum": "sidecar",
-    "SidecarFieldError": "sidecar",
-    "SidecarMismatch": "sidecar",
-    "read_sidecar": "sidecar",
-    "LoadedCheckpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "upgrade_checkpoint": "checkpoint",
-    "UnknownModel": "registry",
-    "create_model": "registry",
-    "list_models": "registry",
-    "register_model": "registry",
+    "ChecksumMismatch": "metaiqa.models.sidecar",
+    "CorruptCheckpoint": "metaiqa.models.sidecar",
+    "MissingChecksum": "metaiqa.models.sidecar",
+    "SidecarFieldError": "metaiqa.models.sidecar",
+    "SidecarMismatch": "metaiqa.models.sidecar",
+    "read_sidecar": "metaiqa.models.sidecar",
+    "LoadedCheckpoint": "metaiqa.models.checkpoint",
+    "load_checkpoint": "metaiqa.models.checkpoint",
+    "save_checkpoint": "metaiqa.models.checkpoint",
+    "upgrade_checkpoint": "metaiqa.models.checkpoint",
+    "UnknownModel": "metaiqa.models.registry",
+    "create_model": "metaiqa.models.registry",
+    "list_models": "metaiqa.models.registry",
+    "register_model": "metaiqa.models.registry",
 }
 
 __all__ = sorted(_LAZY)
@@ -44,16 +46,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metaiqa.models' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"metaiqa.models.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
