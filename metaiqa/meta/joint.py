@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 class JointConfig(StrictModel):
     """configs/fine_tune/default.yaml; unknown keys are errors."""
 
-    init: str = Field("metaiqa-prior", description="checkpoint (name or path) to start from")
+    init: str = Field("metaiqa-prior", description="checkpoint (name or path) to start from; with `architecture` "
+                      "set, only its scene splits are used (anchor and synthetic validation scenes)")
+    architecture: str | None = Field(None, description="start from this registered model instead of init's weights")
+    pretrained_backbone: str | None = Field(None, description="with `architecture`: 'imagenet' or a weights file")
     input_norm: str | None = Field("mscn_rgb", description="widen the prior's front end (None: keep it)")
     human: str = Field(..., description="human-rated training data, e.g. biq2021-train:PATH")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the human data held out for selection")
@@ -76,12 +79,18 @@ class JointConfig(StrictModel):
 
 
 def _load_init(cfg: JointConfig):
+    """(model, init checkpoint's meta, model kwargs to save): init's weights, or a fresh `architecture`."""
     from metaiqa.models import create_model
     from metaiqa.models.checkpoint import load_checkpoint
     from metaiqa.models.pretrained import resolve_checkpoint
     from metaiqa.models.resnet_iqa import expand_state_dict
 
     ckpt = load_checkpoint(resolve_checkpoint(cfg.init, None))
+    if cfg.architecture:
+        kwargs = {"input_norm": cfg.input_norm} if cfg.input_norm else {}
+        model = create_model(cfg.architecture, pretrained_backbone=cfg.pretrained_backbone, **kwargs)
+        meta = {**ckpt.meta, "model": cfg.architecture}
+        return model.float(), meta, kwargs  # saved kwargs never name the backbone source: loading needs no extra
     kwargs = dict(ckpt.meta.get("model_kwargs") or {})
     if cfg.input_norm:
         kwargs["input_norm"] = cfg.input_norm
@@ -227,6 +236,7 @@ class JointTrainer:
             "anchor_scenes": self.anchor.scenes if self.anchor else [],
             "val_scenes": self.ordering_val.scenes if self.ordering_val else [],
             "init": self.cfg.init, "init_sha256": self.init_meta.get("sha256"),
+            "architecture": self.cfg.architecture, "pretrained_backbone": self.cfg.pretrained_backbone,
             "init_splits": (self.init_meta.get("data") or {}).get("splits"),
         }
 

@@ -30,6 +30,7 @@ def register_model(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]
 
 def _register_builtin() -> None:
     """Import the bundled architectures (they register themselves); torch loads here, not before."""
+    import metaiqa.models.efficientnet_lite  # noqa: F401
     import metaiqa.models.resnet_iqa  # noqa: F401
 
 

@@ -100,11 +100,11 @@ def _widen_first_conv(model: IQAModel, attr: str) -> None:
     conv = getattr(model.backbone, attr)
     if conv.in_channels == channels:
         return
-    wide = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    wide = torch.zeros(conv.out_channels, channels, *conv.kernel_size, dtype=conv.weight.dtype)
     with torch.no_grad():
-        wide.weight.zero_()
-        wide.weight[:, : conv.in_channels] = conv.weight
-    setattr(model.backbone, attr, wide)
+        wide[:, : conv.in_channels] = conv.weight
+    conv.weight = nn.Parameter(wide)  # in place, so a conv subclass keeps its own padding
+    conv.in_channels = channels
 
 
 def expand_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
