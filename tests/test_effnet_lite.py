@@ -137,3 +137,26 @@ def test_joint_run_can_start_from_an_architecture(tmp_path):
     assert meta["model"] == "metaiqa_effnet_lite0" and meta["data"]["splits"]["train"]["contents"] == ["a.png"]
     assert kwargs == {"input_norm": "mscn_rgb"} and "pretrained_backbone" not in json.dumps(kwargs)
     assert torch.equal(model.backbone._conv_head.weight, state["_conv_head.weight"])
+
+
+def test_onnx_export_matches_torch_at_any_size(tmp_path):
+    """The TF "SAME" pads depend on each layer's input parity; the export must follow H and W, not bake 224."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from metaiqa.inference.onnx_export import export_onnx, load_onnx
+    from metaiqa.models import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("metaiqa_effnet_lite0", input_norm="mscn_rgb").eval()
+    with torch.no_grad():  # break the zero-init MSCN half so both halves matter
+        model.backbone._conv_stem.weight[:, :3].normal_(0, 0.1)
+    ckpt = save_checkpoint(tmp_path / "e.safetensors", model, model_name="metaiqa_effnet_lite0",
+                           model_kwargs={"input_norm": "mscn_rgb"},
+                           preprocess={"policy": "views", "scale": 256, "size": 224, "max_views": 4})
+    session, _ = load_onnx(export_onnx(ckpt, tmp_path / "e.onnx"))
+    for shape in [(2, 3, 224, 224), (1, 3, 225, 301), (1, 3, 97, 64)]:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(session.run(x.numpy()) - expected).max() < 1e-4, shape
