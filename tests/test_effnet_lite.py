@@ -160,3 +160,19 @@ def test_onnx_export_matches_torch_at_any_size(tmp_path):
         with torch.no_grad():
             expected = model(x).numpy()
         assert np.abs(session.run(x.numpy()) - expected).max() < 1e-4, shape
+
+
+def test_heatmaps_use_the_last_convolution():
+    """Grad-CAM needs no ResNet stage: on EfficientNet-Lite0 it hooks the 1x1 head conv (7x7 at 224)."""
+    import numpy as np
+    from conftest import natural_image
+
+    from metaiqa.inference.heatmap import find_cam_layer, gradcam_heatmap, gradient_heatmap
+
+    torch.manual_seed(0)
+    model = create_model("metaiqa_effnet_lite0", input_norm="mscn_rgb").eval()
+    assert find_cam_layer(model) is model.backbone._conv_head
+    img = natural_image(120, seed=3)
+    preprocess = {"policy": "views", "scale": 96, "size": 64, "max_views": 4}
+    for heat in (gradcam_heatmap(model, img, preprocess), gradient_heatmap(model, img, preprocess)):
+        assert heat.shape == img.shape[:2] and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
