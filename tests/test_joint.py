@@ -125,9 +125,11 @@ def test_an_existing_run_is_not_overwritten_and_a_changed_config_cannot_resume(s
         JointTrainer(_cfg(root, prior, "guard", steps=2), resume=True, progress=False)
 
 
-def test_shipped_recipe_config_is_valid():
-    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "default.yaml")
+@pytest.mark.parametrize("name, architecture", [("default", "metaiqa_effnet_lite0"), ("resnet18", None)])
+def test_shipped_recipe_configs_are_valid(name, architecture):
+    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / f"{name}.yaml")
     assert cfg.init == "metaiqa-prior" and cfg.human.startswith("biq2021-train:")
+    assert cfg.architecture == architecture and cfg.pretrained_backbone == ("imagenet" if architecture else None)
 
 
 def test_fine_tune_cli_runs_the_joint_recipe_and_resumes(setup, tmp_path, capsys):
