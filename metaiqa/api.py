@@ -242,7 +242,7 @@ class Model:
         - `gradient` (the MetaIQA paper's map): |d score / d pixel|, smoothed, divided by its own
           99th percentile: RELATIVE, 1 marks this image's most sensitive pixels. It shows where
           a change of pixels would move the score most, not where damage is.
-        - `gradcam`: Grad-CAM of the last ResNet stage, coarser, divided by its maximum (relative).
+        - `gradcam`: Grad-CAM of the last stage / convolution, coarser, divided by its maximum (relative).
 
         For "views" models all three run on the same viewing scale and views that produce the
         score. See metaiqa/inference/heatmap.py; `overlay_png(image, heat, method=..., score=...)`

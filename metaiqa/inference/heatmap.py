@@ -23,8 +23,9 @@ over colour channels, Gaussian-smoothed, divided by its own 99th percentile: REL
 this image's most sensitive pixels, not comparable between images. Read it as sensitivity
 (where a change would move the score most), not as damage: with the MSCN front end smooth
 regions light up and noisy or textured regions stay dark (contrast masking; tested).
-`gradcam`: Grad-CAM of the last ResNet stage (stage-4 activations weighted by their mean
-gradient), divided by its maximum: relative too, coarse (a 32-pixel grid on ResNet-18).
+`gradcam`: Grad-CAM of the last stage (ResNet-18's stage 4, else the last convolution, e.g.
+EfficientNet-Lite0's head conv; activations weighted by their mean gradient), divided by its
+maximum: relative too, coarse (a 32-pixel grid on both).
 
 What gradient and Grad-CAM are computed on: for the "views" policy, the SAME views that
 produce the score (same viewing scale, same boxes); each view's map is placed back at its box,
@@ -374,7 +375,7 @@ def gradient_heatmap(model: nn.Module, image: np.ndarray, preprocess: Mapping[st
 
 
 def gradcam_heatmap(model: nn.Module, image: np.ndarray, preprocess: Mapping[str, Any], **kw: Any) -> np.ndarray:
-    """Grad-CAM on the last ResNet stage, upsampled to image HxW, in [0, 1] (relative to its max).
+    """Grad-CAM on the last stage (see `find_cam_layer`), upsampled to image HxW, in [0, 1] (relative to its max).
 
     `sign`: "abs" (default; influence in either direction, like the gradient map), "positive"
     (classic Grad-CAM ReLU: regions pushing the score up) or "negative" (pulling it down);
