@@ -30,6 +30,7 @@ from metaiqa.data.formats import parse_data_spec
 from metaiqa.evaluation import metrics
 from metaiqa.inference.scorer import Scorer
 from metaiqa.models import read_sidecar
+from metaiqa.models.pretrained import resolve_checkpoint
 
 
 def _corr(pred, mos) -> dict[str, float]:
@@ -76,6 +77,16 @@ def evaluate_scores(scores: dict[Path, float], samples, pristine, holdout: list[
     return out
 
 
+def scene_source(models: dict[str, str]) -> dict:
+    """The data record of the first model that names held-out types and scene splits (a meta-trained prior)."""
+    for ckpt in models.values():
+        data = read_sidecar(resolve_checkpoint(ckpt)).get("data") or {}
+        if "holdout_types" in data and "splits" in data:
+            return data
+    raise SystemExit("no --model's sidecar names holdout_types and scene splits: include the prior "
+                     "(e.g. --model prior=metaiqa-prior), whose training defines the test scenes")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="synthetic data set (with pristine references)")
@@ -89,7 +100,7 @@ def main() -> None:
     if not models:
         raise SystemExit("give at least one --model LABEL=CKPT (its sidecar names the test scenes)")
 
-    meta = read_sidecar(next(iter(models.values())))["data"]
+    meta = scene_source(models)
     holdout, test_contents = meta["holdout_types"], set(meta["splits"]["test"]["contents"])
     samples = [s for s in parse_data_spec(args.data) if s.content in test_contents]
     root = samples[0].path.parent

@@ -87,7 +87,7 @@ def test_list_models_lists_checkpoints_and_architectures_stay_in_models():
     import metaiqa.models
 
     assert "metaiqa-prior" in metaiqa.list_models()
-    assert metaiqa.models.list_models() == ["metaiqa_resnet18", "metaiqa_tiny"]
+    assert metaiqa.models.list_models() == ["metaiqa_effnet_lite0", "metaiqa_resnet18", "metaiqa_tiny"]
 
 
 def test_list_models_with_models_dir(models_dir):

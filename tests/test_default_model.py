@@ -1,6 +1,6 @@
 """The bundled models (metaiqa-default and metaiqa-prior): both load offline with their hash
-verified; the synthetic-only prior ranks a real photo above strongly damaged versions of it
-(damage made with Pillow/numpy, not our engine).
+verified; each ranks a real photo above strongly damaged versions of it (damage made with
+Pillow/numpy, not our engine).
 
 The metaiqa-default cases fail until its weights are placed in metaiqa/models/weights/: a
 build without them is not a release."""
@@ -24,11 +24,13 @@ from metaiqa.models.pretrained import (
 )
 
 PHOTO = Path(__file__).parent / "data" / "dandelion_cc0.png"
+#: The default is the ImageNet EfficientNet-Lite0 trained on human scores; the prior is MetaIQA's ResNet-18.
+ARCHITECTURES = {DEFAULT_MODEL: "metaiqa_effnet_lite0", PRIOR_MODEL: "metaiqa_resnet18"}
 
 
-@pytest.fixture(scope="module")
-def prior() -> Scorer:
-    return Scorer.from_checkpoint(resolve_checkpoint(PRIOR_MODEL))
+@pytest.fixture(scope="module", params=BUNDLED_MODELS)
+def bundled(request) -> Scorer:
+    return Scorer.from_checkpoint(resolve_checkpoint(request.param))
 
 
 def _blur(img: Image.Image) -> Image.Image:
@@ -55,7 +57,7 @@ def test_bundled_model_is_present_and_verified(name):
     assert meta["dtype"] == "float16"
     assert isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
     loaded = load_checkpoint(path)  # verifies sha256
-    assert loaded.meta["model"] == "metaiqa_resnet18"
+    assert loaded.meta["model"] == ARCHITECTURES[name]
     assert loaded.name == name
 
 
@@ -76,8 +78,8 @@ def test_tampered_copy_of_bundled_model_is_refused(tmp_path, name):
 
 
 @pytest.mark.parametrize("damage", [_blur, _noise, _jpeg], ids=["blur", "noise", "jpeg"])
-def test_prior_scores_pristine_photo_above_damaged_versions(prior, damage):
+def test_bundled_models_score_pristine_photo_above_damaged_versions(bundled, damage):
     pristine = Image.open(PHOTO).convert("RGB")
     damaged = damage(pristine)
-    p, d = prior.score_arrays([np.asarray(pristine), np.asarray(damaged)])
+    p, d = bundled.score_arrays([np.asarray(pristine), np.asarray(damaged)])
     assert p > d, f"pristine {p:.3f} should beat {damage.__name__[1:]} {d:.3f}"
