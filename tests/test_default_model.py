@@ -83,3 +83,14 @@ def test_bundled_models_score_pristine_photo_above_damaged_versions(bundled, dam
     damaged = damage(pristine)
     p, d = bundled.score_arrays([np.asarray(pristine), np.asarray(damaged)])
     assert p > d, f"pristine {p:.3f} should beat {damage.__name__[1:]} {d:.3f}"
+
+
+def test_loading_the_shipped_int8_export_prints_nothing(capfd):
+    """ONNX Runtime's graph-cleanup warnings (dozens for the QDQ graph) stay out of the user's terminal."""
+    pytest.importorskip("onnxruntime")
+    from metaiqa.inference.onnx_load import int8_export_path, load_onnx
+
+    capfd.readouterr()
+    session, meta = load_onnx(int8_export_path(default_checkpoint_path()))
+    assert meta["dtype"] == "int8" and session.name == "onnx-int8"
+    assert capfd.readouterr().err == ""

@@ -68,6 +68,7 @@ class OnnxSession:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: graph-cleanup warnings are not the user's business
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
