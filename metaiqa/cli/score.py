@@ -130,9 +130,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="torch CPU threads")
     p.add_argument(
         "--backend", choices=("auto", "torch", "onnx", "int8"), default="auto",
-        help="auto (default): the model's int8 export if it has one (NAME.int8.onnx beside it, e.g. "
-        "metaiqa-default), else onnx, else torch; onnx: ONNX Runtime on a hash-verified float32 export "
-        "(NAME.onnx beside the checkpoint, else exported once into ~/.cache/metaiqa; later runs skip "
+        help="auto (default): the model's int8 export if it has one (NAME.int8.onnx beside it), "
+        "else onnx, else torch; onnx: ONNX Runtime on a hash-verified float32 export "
+        "(NAME.onnx beside the checkpoint, as metaiqa-default ships, else exported once into ~/.cache/metaiqa; "
+        "runs with an export skip "
         "loading torch); int8: the int8 export only; torch: eager PyTorch",
     )  # fmt: skip
 
