@@ -176,3 +176,18 @@ def test_heatmaps_use_the_last_convolution():
     preprocess = {"policy": "views", "scale": 96, "size": 64, "max_views": 4}
     for heat in (gradcam_heatmap(model, img, preprocess), gradient_heatmap(model, img, preprocess)):
         assert heat.shape == img.shape[:2] and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+
+
+def test_a_joint_start_that_cannot_build_its_model_leaves_no_run_folder(tmp_path):
+    """Missing ImageNet weights fail before the run folder exists, so the fixed re-run is not refused."""
+    from metaiqa.meta.joint import JointConfig, JointTrainer
+    from metaiqa.models.checkpoint import save_checkpoint
+
+    prior = save_checkpoint(tmp_path / "p", create_model("metaiqa_tiny"), model_name="metaiqa_tiny",
+                            preprocess={"policy": "center_crop", "size": 32})
+    out = tmp_path / "run"
+    cfg = JointConfig(init=str(prior), architecture="metaiqa_effnet_lite0",
+                      pretrained_backbone=str(tmp_path / "missing.pth"), human="csv:unused.csv", out_dir=str(out))
+    with pytest.raises(PretrainedWeightsUnavailable, match="not found"):
+        JointTrainer(cfg, progress=False)
+    assert not out.exists()

@@ -149,13 +149,15 @@ class JointTrainer:
         self.cfg, self.progress = cfg, progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.files = RunFiles(Path(cfg.out_dir), dump_config(cfg), resume=resume)
+        # Model and data spec first: a start that fails on them (e.g. ImageNet weights not installed)
+        # leaves no run folder behind to block the corrected re-run.
         self.model, init_meta, self.model_kwargs = _load_init(cfg)
+        train, val = human_split(cfg)
+        self.files = RunFiles(Path(cfg.out_dir), dump_config(cfg), resume=resume)
         self.model_name = init_meta["model"]
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.preprocess = {"policy": "views", "scale": cfg.scale, "size": cfg.crop_size, "max_views": cfg.max_views}
-        train, val = human_split(cfg)
         self.human_train, self.human_val = train, val
         self.train_imgs = _read_scaled(train, cfg, progress)
         self.val_imgs = _read_scaled(val, cfg, progress)
