@@ -11,8 +11,8 @@ from conftest import natural_image
 from PIL import Image
 
 from metaiqa.config import load_config
-from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet
-from metaiqa.meta.joint import JointConfig, JointTrainer
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler
+from metaiqa.meta.joint import JointConfig, JointTrainer, anchor_triple_hinge, scene_splits
 from metaiqa.meta.runstate import RunDirError
 from metaiqa.models import create_model
 from metaiqa.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
@@ -56,7 +56,8 @@ def test_anchor_triples_are_ordered_and_from_allowed_scenes(setup):
     root, _ = setup
     anchor = AnchorSet.from_folder(root / "refs", SCENES, "train", [48], 32)
     assert anchor.scenes == ["r0.png", "r1.png", "r2.png"]
-    crops, labels = anchor.sample(3, np.random.default_rng(0))
+    crops, labels, kinds = anchor.sample(3, np.random.default_rng(0))
+    assert len(kinds) == 3 and set(kinds) <= set(anchor.types)
     assert len(crops) == 9 and all(c.shape == (32, 32, 3) and c.dtype == np.uint8 for c in crops)
     for k in range(3):
         pristine, lighter, heavier = labels[3 * k : 3 * k + 3]
@@ -149,3 +150,71 @@ def test_fine_tune_cli_runs_the_joint_recipe_and_resumes(setup, tmp_path, capsys
     assert main([*argv, "--resume"]) == 0  # nothing left to do, but resumes cleanly
     assert main(["fine-tune", "--out", str(tmp_path / "x")]) == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_both_levels_of_an_anchor_triple_shift_the_same_way(setup):
+    root, _ = setup
+    anchor = AnchorSet.from_folder(root / "refs", SCENES, "train", [48], 32)
+    only_shift = np.eye(len(anchor.types))[anchor.types.index("mean_shift")]
+    crops, _, kinds = anchor.sample(8, np.random.default_rng(1), type_probs=only_shift)
+    assert set(kinds) == {"mean_shift"}
+    for k in range(8):
+        pristine, lighter, heavier = (c.astype(float).mean() for c in crops[3 * k : 3 * k + 3])
+        assert (lighter - pristine) * (heavier - pristine) > 0  # same direction, up or down
+        assert abs(heavier - pristine) > abs(lighter - pristine)
+
+
+def test_type_sampler_draws_hard_types_more_and_keeps_a_uniform_floor():
+    types = ["a", "b", "c", "d"]
+    assert TypeSampler(types, adaptive=False).probs() is None
+    sampler = TypeSampler(types, adaptive=True, floor=0.5)
+    assert sampler.probs() is None  # nothing seen yet: uniform
+    sampler.update(["a", "b", "c", "d"], [0.3, 0.1, 0.0, 0.0])
+    p = sampler.probs()
+    assert p.sum() == pytest.approx(1.0) and p[0] > p[1] > p[2] == p[3] == pytest.approx(0.5 / 4)
+    assert list(sampler.hardest(2)) == ["a", "b"]
+    restored = TypeSampler(types, adaptive=True, floor=0.5)
+    restored.load_state_dict(sampler.state_dict())
+    assert np.allclose(restored.probs(), p)
+    with pytest.raises(ValueError, match="holds 4 types"):
+        TypeSampler(types[:2], adaptive=True).load_state_dict(sampler.state_dict())
+
+
+def test_anchor_triple_hinge_is_zero_only_for_ordered_triples_with_margin():
+    ordered = torch.tensor([1.0, 0.8, 0.6])
+    assert anchor_triple_hinge(ordered, 0.05).item() == 0.0
+    swapped = torch.tensor([1.0, 0.6, 0.8, 0.5, 0.6, 0.7])
+    per_triple = anchor_triple_hinge(swapped, 0.05)
+    assert per_triple.shape == (2,) and 0 < per_triple[0] < per_triple[1]
+
+
+def test_select_weights_name_known_metrics(setup):
+    root, prior = setup
+    with pytest.raises(ValueError, match="select_weights"):
+        _cfg(root, prior, "bad", select_weights={"val_test_srocc": 1.0})
+    with pytest.raises(ValueError, match="select_weights"):
+        _cfg(root, prior, "bad", select_weights={"val_human_srocc": 0.0})
+
+
+def test_continuing_a_joint_checkpoint_keeps_its_scene_splits_and_type_state(setup):
+    root, prior = setup
+    JointTrainer(_cfg(root, prior, "stage1", steps=2, val_every=2), progress=False).run()
+    stage1 = root / "stage1" / "best.safetensors"
+    assert scene_splits(load_checkpoint(stage1).meta) == SCENES
+    cfg = _cfg(root, stage1, "stage2", steps=4, val_every=2, anchor_type_sampling="loss",
+               select_weights={"val_human_srocc": 0.5, "val_synth_pristine_above": 0.5})
+    trainer = JointTrainer(cfg, progress=False)
+    assert trainer.anchor.scenes == ["r0.png", "r1.png", "r2.png"]  # not every reference: the test scene stays out
+    trainer.run()
+    assert not np.isnan(trainer.type_sampler.loss_ema).all()
+    rows = [json.loads(line) for line in (root / "stage2" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["select"] == pytest.approx(0.5 * rows[-1]["val_human_srocc"] + 0.5 * rows[-1]["val_synth_pristine_above"])
+    assert "hardest_anchor_types" in rows[-1]
+    resumed = JointTrainer(cfg, resume=True, progress=False)
+    assert np.allclose(resumed.type_sampler.loss_ema, trainer.type_sampler.loss_ema, equal_nan=True)
+
+
+def test_stage2_recipe_continues_stage1_and_counts_pristine_above():
+    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "default_stage2.yaml")
+    assert cfg.init == "runs/default/best.safetensors" and cfg.architecture is None
+    assert cfg.anchor_type_sampling == "loss" and "val_synth_pristine_above" in cfg.select_weights

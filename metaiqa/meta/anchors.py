@@ -74,17 +74,70 @@ class AnchorSet:
                 break
         return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
 
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[float]]:
-        """n x (pristine, level a, level b) with a < b; labels 1, 1 - a/10, 1 - b/10 (order only)."""
+    def sample(
+        self, n: int, rng: np.random.Generator, type_probs: np.ndarray | None = None
+    ) -> tuple[list[np.ndarray], list[float], list[str]]:
+        """n x (pristine, level a, level b) with a < b; labels 1, 1 - a/10, 1 - b/10 (order only).
+
+        Returns (crops, labels, the type of each triple). `type_probs` (one per `self.types`)
+        replaces uniform sampling of the type. Both levels of a triple use the same random
+        stream, so a type with a random direction (mean_shift up or down) shifts both one way.
+        """
         crops: list[np.ndarray] = []
         labels: list[float] = []
+        kinds: list[str] = []
         for _ in range(n):
             crop = self._textured_crop(rng)
-            kind = self.types[int(rng.integers(len(self.types)))]
+            kind = self.types[int(rng.choice(len(self.types), p=type_probs))]
             a, b = sorted(int(v) for v in rng.choice(np.arange(1, 6), size=2, replace=False))
-            crops += [crop, distort(kind, crop, a, rng), distort(kind, crop, b, rng)]
+            series = int(rng.integers(2**63))
+            crops += [crop, distort(kind, crop, a, np.random.default_rng(series)),
+                      distort(kind, crop, b, np.random.default_rng(series))]
             labels += [1.0, 1.0 - a / 10, 1.0 - b / 10]
-        return crops, labels
+            kinds.append(kind)
+        return crops, labels, kinds
+
+
+class TypeSampler:
+    """Chooses anchor distortion types, more often the ones the model currently orders worst.
+
+    Keeps an exponential moving average of each type's anchor ranking loss; `probs()` mixes
+    the loss-proportional share with the uniform one (`floor` = weight of uniform), so every
+    type keeps being trained. With `adaptive=False` it is uniform. State is saved with the run.
+    """
+
+    def __init__(self, types: Sequence[str], *, adaptive: bool, floor: float = 0.5, decay: float = 0.98):
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"TypeSampler floor must be in [0, 1], got {floor}")
+        self.types, self.adaptive, self.floor, self.decay = list(types), adaptive, floor, decay
+        self.loss_ema = np.full(len(self.types), np.nan)
+
+    def probs(self) -> np.ndarray | None:
+        if not self.adaptive or np.isnan(self.loss_ema).all():
+            return None
+        ema = np.where(np.isnan(self.loss_ema), np.nanmax(self.loss_ema), self.loss_ema)  # unseen: as hard as the hardest
+        share = ema / ema.sum() if ema.sum() > 0 else np.full(len(ema), 1.0 / len(ema))
+        return self.floor / len(ema) + (1.0 - self.floor) * share
+
+    def update(self, kinds: Sequence[str], losses: Sequence[float]) -> None:
+        for kind, loss in zip(kinds, losses, strict=True):
+            i = self.types.index(kind)
+            old = self.loss_ema[i]
+            self.loss_ema[i] = loss if np.isnan(old) else self.decay * old + (1.0 - self.decay) * loss
+
+    def hardest(self, k: int = 5) -> dict[str, float]:
+        """The k types with the highest loss average (for the training log)."""
+        order = np.argsort(-np.nan_to_num(self.loss_ema, nan=-1.0))[:k]
+        return {self.types[i]: round(float(self.loss_ema[i]), 4) for i in order if not np.isnan(self.loss_ema[i])}
+
+    def state_dict(self) -> dict:
+        return {"loss_ema": self.loss_ema.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        ema = np.asarray(state["loss_ema"], dtype=np.float64)
+        if ema.shape != self.loss_ema.shape:
+            raise ValueError(f"TypeSampler state holds {ema.size} types, this run has {self.loss_ema.size}")
+        self.loss_ema = ema
 
 
 class SyntheticOrderingSet:
@@ -108,7 +161,7 @@ class SyntheticOrderingSet:
             keys.append((p.name, "", 0))
             for j, kind in enumerate(list_distortions()):
                 for level in cls.LEVELS:
-                    rng = np.random.default_rng([seed, i, j, level])
+                    rng = np.random.default_rng([seed, i, j])  # one stream per series: levels agree in direction
                     images.append(distort(kind, ref, level, rng))
                     keys.append((p.name, kind, level))
         log.info("synthetic ordering validation: %d images from %d %s scenes", len(images), len(photos), part)

@@ -23,16 +23,16 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError
 from metaiqa.data.transforms import to_viewing_scale
-from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler
 from metaiqa.meta.losses import ranking_hinge
 from metaiqa.meta.optim import adam_param_groups, cosine_factor
 from metaiqa.meta.runstate import RunFiles
@@ -64,6 +64,12 @@ class JointConfig(StrictModel):
     human_min_diff: float = Field(0.05, ge=0)
     anchor_weight: float = Field(1.0, ge=0)
     anchor_margin: float = Field(0.05, ge=0)
+    anchor_type_sampling: Literal["uniform", "loss"] = Field(
+        "uniform", description="'loss': draw anchor types more often the worse the model orders them (running loss)")
+    anchor_type_floor: float = Field(0.5, ge=0, le=1, description="with 'loss': share of draws kept uniform")
+    select_weights: dict[str, float] = Field(
+        default_factory=lambda: {"val_human_srocc": 0.5, "val_synth_within_srocc": 0.5},
+        description="validation metrics (weighted mean) that pick `best`")
     lr: float = Field(1e-4, gt=0)
     head_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -76,6 +82,23 @@ class JointConfig(StrictModel):
     threads: int | None = Field(2, ge=1)
     channels_last: bool = True
     out_dir: str = "runs/joint"
+
+    @field_validator("select_weights")
+    @classmethod
+    def _known_select_metrics(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(SELECT_METRICS)
+        if unknown or not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError(f"select_weights {v}: keys must be among {SELECT_METRICS}, weights >= 0, not all 0")
+        return v
+
+
+SELECT_METRICS = ("val_human_srocc", "val_synth_within_srocc", "val_synth_pristine_above")
+
+
+def scene_splits(meta: dict) -> dict:
+    """Scene splits recorded by a checkpoint: a prior's own, or those a joint run inherited from its init."""
+    data = meta.get("data") or {}
+    return data.get("splits") or data.get("init_splits") or {}
 
 
 def _load_init(cfg: JointConfig):
@@ -137,6 +160,13 @@ def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
+def anchor_triple_hinge(pred: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per (pristine, lighter, heavier) triple: mean hinge over its 3 ordered pairs."""
+    p = pred.reshape(-1, AnchorSet.VERSIONS)
+    diffs = torch.stack([p[:, 0] - p[:, 1], p[:, 0] - p[:, 2], p[:, 1] - p[:, 2]], dim=1)
+    return torch.relu(margin - diffs).mean(dim=1)
+
+
 def _to_batch(crops: list[np.ndarray], channels_last: bool) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
@@ -162,11 +192,13 @@ class JointTrainer:
         self.train_imgs = _read_scaled(train, cfg, progress)
         self.val_imgs = _read_scaled(val, cfg, progress)
         self.val_mos = np.asarray([s.mos for s in val], dtype=np.float64)
-        splits = (init_meta.get("data") or {}).get("splits") or {}
+        splits = scene_splits(init_meta)
         self.anchor = AnchorSet.from_folder(cfg.references, splits, cfg.anchor_scenes, cfg.anchor_scales, cfg.crop_size) \
             if cfg.references and cfg.anchor_crops else None
         self.ordering_val = SyntheticOrderingSet.from_folder(cfg.references, splits, cfg.val_scenes, cfg.scale, cfg.seed) \
             if cfg.references else None
+        self.type_sampler = TypeSampler(self.anchor.types if self.anchor else [],
+                                        adaptive=cfg.anchor_type_sampling == "loss", floor=cfg.anchor_type_floor)
         self.opt = torch.optim.AdamW(adam_param_groups(self.model, cfg.lr, cfg.head_lr), weight_decay=cfg.weight_decay)
         self.step, self.best, self.elapsed = 0, -math.inf, 0.0
         self.init_meta = init_meta
@@ -174,20 +206,20 @@ class JointTrainer:
             self._resume()
 
     # ------------------------------------------------------------------ one step
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, step])
         idx = rng.choice(len(self.train_imgs), size=cfg.batch_human, replace=False)
         crops = [_random_crop(self.train_imgs[i], cfg.crop_size, rng) for i in idx]
         y = [self.human_train[i].mos for i in idx]
-        n_human = len(crops)
+        n_human, kinds = len(crops), []
         if self.anchor is not None:
-            a_crops, a_y = self.anchor.sample(cfg.anchor_crops, rng)
+            a_crops, a_y, kinds = self.anchor.sample(cfg.anchor_crops, rng, self.type_sampler.probs())
             crops += a_crops
             y += a_y
-        return _to_batch(crops, cfg.channels_last), torch.tensor(y, dtype=torch.float32), n_human
+        return _to_batch(crops, cfg.channels_last), torch.tensor(y, dtype=torch.float32), n_human, kinds
 
-    def _loss(self, pred: torch.Tensor, y: torch.Tensor, n_human: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, pred: torch.Tensor, y: torch.Tensor, n_human: int) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.cfg
         ph, yh = pred[:n_human], y[:n_human]
         mse = torch.nn.functional.mse_loss(ph, yh)
@@ -195,11 +227,11 @@ class JointTrainer:
         loss = mse + cfg.human_rank_weight * rank
         parts = {"mse": mse.item(), "rank": rank.item()}
         if pred.shape[0] > n_human:
-            pa, ya = pred[n_human:], y[n_human:]
-            content = torch.arange(pa.shape[0]) // AnchorSet.VERSIONS
-            anchor = ranking_hinge(pa, ya, content, margin=cfg.anchor_margin, min_diff=0.0)
+            per_triple = anchor_triple_hinge(pred[n_human:], cfg.anchor_margin)
+            anchor = per_triple.mean()
             loss = loss + cfg.anchor_weight * anchor
             parts["anchor"] = anchor.item()
+            parts["anchor_per_triple"] = per_triple.detach().tolist()
         return loss, parts
 
     def train_step(self) -> dict[str, float]:
@@ -207,13 +239,14 @@ class JointTrainer:
         factor = cosine_factor(self.step, cfg.steps, cfg.warmup_steps)
         for g in self.opt.param_groups:
             g["lr"] = g["initial_lr"] * factor
-        x, y, n_human = self._batch(self.step)
+        x, y, n_human, kinds = self._batch(self.step)
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout
         self.model.train()
         loss, parts = self._loss(self.model(x).float(), y, n_human)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self.type_sampler.update(kinds, parts.pop("anchor_per_triple", []))
         self.step += 1
         return {"loss": loss.item(), **parts, "lr_factor": factor}
 
@@ -226,7 +259,8 @@ class JointTrainer:
         out = {"val_human_srocc": metrics.srocc(pred, self.val_mos), "val_human_plcc": metrics.plcc(pred, self.val_mos)}
         if self.ordering_val is not None:
             out.update(self.ordering_val.evaluate(lambda imgs: predict(self.model, imgs, self.preprocess)))
-            out["select"] = 0.5 * (out["val_human_srocc"] + out["val_synth_within_srocc"])
+            weights = self.cfg.select_weights
+            out["select"] = sum(w * out[k] for k, w in weights.items()) / sum(weights.values())
         else:
             out["select"] = out["val_human_srocc"]
         return out
@@ -239,7 +273,7 @@ class JointTrainer:
             "val_scenes": self.ordering_val.scenes if self.ordering_val else [],
             "init": self.cfg.init, "init_sha256": self.init_meta.get("sha256"),
             "architecture": self.cfg.architecture, "pretrained_backbone": self.cfg.pretrained_backbone,
-            "init_splits": (self.init_meta.get("data") or {}).get("splits"),
+            "init_splits": scene_splits(self.init_meta) or None,
         }
 
     def _save(self, name: str, metrics: dict[str, Any]) -> None:
@@ -249,7 +283,8 @@ class JointTrainer:
 
     def _save_state(self) -> None:
         self.files.save_state({"step": self.step, "best": self.best, "elapsed": self.elapsed,
-                               "model": self.model.state_dict(), "opt": self.opt.state_dict()})
+                               "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                               "type_sampler": self.type_sampler.state_dict()})
 
     def _resume(self) -> None:
         state = self.files.load_state()
@@ -259,6 +294,8 @@ class JointTrainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.best, self.elapsed = int(state["step"]), float(state["best"]), float(state["elapsed"])
+        if "type_sampler" in state:
+            self.type_sampler.load_state_dict(state["type_sampler"])
         log.info("resumed at step %d (best select %.4f)", self.step, self.best)
 
     def run(self) -> dict[str, Any]:
@@ -285,6 +322,8 @@ class JointTrainer:
             out_of_time = cfg.max_minutes is not None and self.elapsed > 60 * cfg.max_minutes
             if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                 row = {"step": self.step, "loss": last["loss"], "minutes": round(self.elapsed / 60, 2), **self.validate()}
+                if self.type_sampler.adaptive:
+                    row["hardest_anchor_types"] = self.type_sampler.hardest()
                 self.files.append_log(row)
                 log.info("step %d: %s", self.step, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
                 if row["select"] > self.best:
