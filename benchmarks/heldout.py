@@ -66,11 +66,14 @@ def evaluate_scores(scores: dict[Path, float], samples, pristine, holdout: list[
         by_type[s.group].append(s)
     per_type = {t: _corr([scores[s.path] for s in v], [s.mos for s in v]) for t, v in sorted(by_type.items())}
     for t, v in by_type.items():
-        per_type[t]["within_group_srocc"] = sanity(scores, v, pristine)["mean_within_group_srocc"]
+        checks = sanity(scores, v, pristine)
+        per_type[t]["within_group_srocc"] = checks["mean_within_group_srocc"]
+        per_type[t]["pristine_above"] = checks["pristine_above_distorted"]
     seen = [s for s in samples if s.group not in holdout]
     unseen = [s for s in samples if s.group in holdout]
-    out = {"per_type": per_type}
-    for name, part in (("training_types", seen), ("heldout_types", unseen)):
+    out = {"per_type": per_type,
+           "types_backwards": sorted(t for t, r in per_type.items() if r["within_group_srocc"] < 0)}
+    for name, part in (("all_types", samples), ("training_types", seen), ("heldout_types", unseen)):
         if part:
             out[name] = {**_corr([scores[s.path] for s in part], [s.mos for s in part]),
                          **sanity(scores, part, pristine)}
@@ -133,7 +136,9 @@ def main() -> None:
 def table(results: dict) -> str:
     labels = list(results["scores"])
     lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    rows = [("training types: SROCC", "training_types", "srocc"), ("training types: PLCC", "training_types", "plcc"),
+    rows = [("all types: within-group SROCC", "all_types", "mean_within_group_srocc"),
+            ("all types: pristine above distorted", "all_types", "pristine_above_distorted"),
+            ("training types: SROCC", "training_types", "srocc"), ("training types: PLCC", "training_types", "plcc"),
             ("training types: within-group SROCC", "training_types", "mean_within_group_srocc"),
             ("training types: pristine above distorted", "training_types", "pristine_above_distorted"),
             ("training types: level pairs in order", "training_types", "level_pairs_in_order"),
@@ -146,12 +151,15 @@ def table(results: dict) -> str:
             f"{results['scores'][lb].get(part, {}).get(key, float('nan')):.3f}" for lb in labels) + " |")
     lines.append("| ms per image | " + " | ".join(
         f"{results['seconds_per_image'][lb] * 1000:.0f}" for lb in labels) + " |")
-    lines += ["", "Per type, SROCC vs label (within-group SROCC):", "| type | " + " | ".join(labels) + " |",
+    lines.append("| types ranked backwards | " + " | ".join(
+        ", ".join(results["scores"][lb].get("types_backwards", [])) or "none" for lb in labels) + " |")
+    lines += ["", "Per type, SROCC vs label (within-group SROCC; pristine above distorted):", "| type | " + " | ".join(labels) + " |",
               "|---|" + "---|" * len(labels)]
     for t in results["scores"][labels[0]]["per_type"]:
         mark = " (held out)" if t in results["holdout_types"] else ""
         cells = [f"{results['scores'][lb]['per_type'][t]['srocc']:.3f} "
-                 f"({results['scores'][lb]['per_type'][t]['within_group_srocc']:.2f})" for lb in labels]
+                 f"({results['scores'][lb]['per_type'][t]['within_group_srocc']:.2f}; "
+                 f"{results['scores'][lb]['per_type'][t].get('pristine_above', float('nan')):.2f})" for lb in labels]
         lines.append(f"| {t}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

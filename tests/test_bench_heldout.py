@@ -1,0 +1,36 @@
+"""benchmarks/heldout.py's scoring maths: per-type pristine-above share and types ranked backwards."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import heldout  # noqa: E402
+
+
+def _samples():
+    out = []
+    for ref in ("r0", "r1"):
+        for kind in ("blur", "shift"):
+            for level in (1, 2, 3):
+                out.append(SimpleNamespace(ref_id=ref, group=kind, level=level, mos=1 - level / 5,
+                                           path=Path(f"{ref}_{kind}_{level}.png")))
+    return out
+
+
+def test_a_type_scored_backwards_is_named_and_pulls_pristine_above_down():
+    samples = _samples()
+    pristine = {"r0": Path("r0.png"), "r1": Path("r1.png")}
+    scores = {p: 1.0 for p in pristine.values()}
+    for s in samples:  # blur: falls with the level; shift: rises above the pristine photo
+        scores[s.path] = 0.9 - 0.1 * s.level if s.group == "blur" else 1.0 + 0.1 * s.level
+    out = heldout.evaluate_scores(scores, samples, pristine, holdout=["shift"])
+    assert out["types_backwards"] == ["shift"]
+    assert out["per_type"]["blur"]["pristine_above"] == 1.0 and out["per_type"]["shift"]["pristine_above"] == 0.0
+    assert out["all_types"]["pristine_above_distorted"] == pytest.approx(0.5)
+    assert out["training_types"]["mean_within_group_srocc"] == pytest.approx(1.0)
+    assert out["heldout_types"]["mean_within_group_srocc"] == pytest.approx(-1.0)
+    assert "types ranked backwards | shift" in heldout.table(
+        {"scores": {"m": out}, "seconds_per_image": {"m": 0.1}, "holdout_types": ["shift"]})
