@@ -112,7 +112,8 @@ def main() -> None:
 
     results: dict = {"data": args.data, "test_scenes": sorted(test_contents), "holdout_types": holdout,
                      "n_images": len(samples), "n_references": len(pristine), "scores": {}, "seconds_per_image": {}}
-    scorers = {label: (lambda p, c=ck: Scorer.from_checkpoint(c).score_paths(p)) for label, ck in models.items()}
+    scorers = {label: (lambda p, c=ck: Scorer.from_checkpoint(resolve_checkpoint(c)).score_paths(p))
+               for label, ck in models.items()}
     if args.peers:
         import peers  # benchmarks/peers.py, run from this folder or with it on sys.path
 

@@ -144,7 +144,7 @@ def test_fine_tune_cli_runs_the_joint_recipe_and_resumes(setup, tmp_path, capsys
     out = tmp_path / "run"
     argv = ["fine-tune", "--config", str(cfg), "--prior", str(prior), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
-    assert "best.safetensors (step 2" in capsys.readouterr().out
+    assert "trained to step 2; saved" in capsys.readouterr().out
     assert main(argv) == 2  # the folder holds a run: refuse without --resume, clear message
     assert "--resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0  # nothing left to do, but resumes cleanly
@@ -218,3 +218,14 @@ def test_stage2_recipe_continues_stage1_and_counts_pristine_above():
     cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "default_stage2.yaml")
     assert cfg.init == "runs/default/best.safetensors" and cfg.architecture is None
     assert cfg.anchor_type_sampling == "loss" and "val_synth_pristine_above" in cfg.select_weights
+
+
+def test_best_rated_human_photos_join_the_anchor_and_the_cli_names_the_best_step(setup, tmp_path):
+    root, prior = setup
+    trainer = JointTrainer(_cfg(root, prior, "top", steps=1, anchor_top_human=3), progress=False)
+    top = sorted(trainer.human_train, key=lambda s: -s.mos)[:3]
+    assert trainer.anchor.scenes[:3] == ["r0.png", "r1.png", "r2.png"]
+    assert trainer.anchor.scenes[3:] == [s.ref_id for s in top]
+    assert len(trainer.anchor.images) == 3 + 3  # one scale of the references + the 3 photos
+    out = trainer.run()
+    assert out["best_step"] in (0, 1) and out["step"] == 1

@@ -125,8 +125,11 @@ def cmd_joint(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(JointConfig, args.config, overrides)
     result = JointTrainer(cfg, resume=args.resume, progress=not args.no_progress).run()
-    sys.stdout.write(f"saved {result['out_dir']}/best.safetensors (step {result['step']}, "
-                     f"best validation select {result['best_select']:.4f})\n")
+    best_step = result["best_step"]
+    which = "the starting model: no later step scored higher on validation" if best_step == 0 else \
+        f"step {best_step}" if best_step > 0 else "see log.jsonl"
+    sys.stdout.write(f"trained to step {result['step']}; saved {result['out_dir']}/best.safetensors = {which} "
+                     f"(validation select {result['best_select']:.4f})\n")
     return 0
 
 

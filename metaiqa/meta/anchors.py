@@ -63,6 +63,10 @@ class AnchorSet:
         log.info("anchor: %d photos (%s scenes) x %d scales", len(photos), part, len(scales))
         return cls(images, [p.name for p in photos], crop_size, list_distortions())
 
+    def with_photos(self, images: list[np.ndarray], names: list[str]) -> AnchorSet:
+        """This set plus more pristine photos (e.g. the best-rated photos of a human-scored train split)."""
+        return AnchorSet(self.images + images, self.scenes + names, self.crop_size, self.types)
+
     def _textured_crop(self, rng: np.random.Generator) -> np.ndarray:
         size = self.crop_size
         for _ in range(8):  # flat crops (sky, defocus) teach nothing: retry a few times

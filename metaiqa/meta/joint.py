@@ -12,9 +12,9 @@ mixes two signals in one batch:
 
 Crops are taken at the scoring policy's viewing scale (`to_viewing_scale`). Validation is
 carved from the human training set (never a test split) plus synthetic orderings on the
-init checkpoint's *validation* scenes; `best` is chosen on their mean. Every step draws its
-randomness from (seed, step), so a resumed run continues exactly as an uninterrupted one
-would up to the order of floating-point sums.
+init checkpoint's *validation* scenes; `best` is chosen on their weighted mean
+(`select_weights`). Every step draws its randomness from (seed, step), so a resumed run
+continues exactly as an uninterrupted one would up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class JointConfig(StrictModel):
     human_min_diff: float = Field(0.05, ge=0)
     anchor_weight: float = Field(1.0, ge=0)
     anchor_margin: float = Field(0.05, ge=0)
+    anchor_top_human: int = Field(0, ge=0, description="also use the N best-rated photos of the human train "
+                                  "split as pristine anchor photos (more contents than the reference scenes)")
     anchor_type_sampling: Literal["uniform", "loss"] = Field(
         "uniform", description="'loss': draw anchor types more often the worse the model orders them (running loss)")
     anchor_type_floor: float = Field(0.5, ge=0, le=1, description="with 'loss': share of draws kept uniform")
@@ -197,13 +199,21 @@ class JointTrainer:
             if cfg.references and cfg.anchor_crops else None
         self.ordering_val = SyntheticOrderingSet.from_folder(cfg.references, splits, cfg.val_scenes, cfg.scale, cfg.seed) \
             if cfg.references else None
+        if self.anchor is not None and cfg.anchor_top_human:
+            self.anchor = self.anchor.with_photos(*self._best_rated(cfg.anchor_top_human))
         self.type_sampler = TypeSampler(self.anchor.types if self.anchor else [],
                                         adaptive=cfg.anchor_type_sampling == "loss", floor=cfg.anchor_type_floor)
         self.opt = torch.optim.AdamW(adam_param_groups(self.model, cfg.lr, cfg.head_lr), weight_decay=cfg.weight_decay)
-        self.step, self.best, self.elapsed = 0, -math.inf, 0.0
+        self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
         self.init_meta = init_meta
         if resume:
             self._resume()
+
+    def _best_rated(self, n: int) -> tuple[list[np.ndarray], list[str]]:
+        order = np.argsort([-s.mos for s in self.human_train], kind="stable")[:n]
+        log.info("anchor: + the %d best-rated human train photos (MOS >= %.3f)", len(order),
+                 self.human_train[order[-1]].mos)
+        return [self.train_imgs[i] for i in order], [self.human_train[i].ref_id for i in order]
 
     # ------------------------------------------------------------------ one step
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
@@ -282,7 +292,7 @@ class JointTrainer:
                               metrics={"step": self.step, **metrics})
 
     def _save_state(self) -> None:
-        self.files.save_state({"step": self.step, "best": self.best, "elapsed": self.elapsed,
+        self.files.save_state({"step": self.step, "best": self.best, "best_step": self.best_step, "elapsed": self.elapsed,
                                "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                                "type_sampler": self.type_sampler.state_dict()})
 
@@ -294,6 +304,7 @@ class JointTrainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.best, self.elapsed = int(state["step"]), float(state["best"]), float(state["elapsed"])
+        self.best_step = int(state.get("best_step", -1))  # -1: a run saved before best_step was recorded
         if "type_sampler" in state:
             self.type_sampler.load_state_dict(state["type_sampler"])
         log.info("resumed at step %d (best select %.4f)", self.step, self.best)
@@ -327,7 +338,7 @@ class JointTrainer:
                 self.files.append_log(row)
                 log.info("step %d: %s", self.step, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
                 if row["select"] > self.best:
-                    self.best = row["select"]
+                    self.best, self.best_step = row["select"], self.step
                     self._save("best", row)
                 self._save("last", row)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
@@ -336,4 +347,4 @@ class JointTrainer:
                 log.info("time budget of %.1f minutes reached at step %d", cfg.max_minutes, self.step)
                 break
         bar.close()
-        return {"step": self.step, "best_select": self.best, "out_dir": str(self.files.root)}
+        return {"step": self.step, "best_step": self.best_step, "best_select": self.best, "out_dir": str(self.files.root)}
