@@ -214,10 +214,10 @@ def test_continuing_a_joint_checkpoint_keeps_its_scene_splits_and_type_state(set
     assert np.allclose(resumed.type_sampler.loss_ema, trainer.type_sampler.loss_ema, equal_nan=True)
 
 
-def test_stage2_recipe_continues_stage1_and_counts_pristine_above():
-    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "default_stage2.yaml")
-    assert cfg.init == "runs/default/best.safetensors" and cfg.architecture is None
-    assert cfg.anchor_type_sampling == "loss" and "val_synth_pristine_above" in cfg.select_weights
+def test_continue_anchors_recipe_starts_from_the_default_and_counts_pristine_above():
+    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "continue_anchors.yaml")
+    assert cfg.init == "metaiqa-default" and cfg.architecture is None and cfg.anchor_top_human > 0
+    assert "val_synth_pristine_above" in cfg.select_weights
 
 
 def test_best_rated_human_photos_join_the_anchor_and_the_cli_names_the_best_step(setup, tmp_path):
