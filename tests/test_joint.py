@@ -229,3 +229,25 @@ def test_best_rated_human_photos_join_the_anchor_and_the_cli_names_the_best_step
     assert len(trainer.anchor.images) == 3 + 3  # one scale of the references + the 3 photos
     out = trainer.run()
     assert out["best_step"] in (0, 1) and out["step"] == 1
+
+
+def test_photo_orderings_validate_on_the_best_rated_validation_photos(setup):
+    root, prior = setup
+    with pytest.raises(ValueError, match="val_photo_orderings"):
+        _cfg(root, prior, "photo_bad", select_weights={"val_photo_within_srocc": 1.0})
+    cfg = _cfg(root, prior, "photo", steps=1, val_photo_orderings=2,
+               select_weights={"val_human_srocc": 0.5, "val_photo_pristine_above": 0.5})
+    trainer = JointTrainer(cfg, progress=False)
+    best_two = [trainer.human_val[i].ref_id for i in np.argsort(-trainer.val_mos, kind="stable")[:2]]
+    assert trainer.photo_ordering_val.scenes == best_two
+    row = trainer.validate()
+    assert 0.0 <= row["val_photo_pristine_above"] <= 1.0 and -1.0 <= row["val_photo_within_srocc"] <= 1.0
+    assert row["select"] == pytest.approx(0.5 * row["val_human_srocc"] + 0.5 * row["val_photo_pristine_above"])
+
+
+def test_ordering_set_from_images_takes_the_centre_and_every_type_and_level():
+    photo = np.zeros((40, 60, 3), np.uint8)
+    photo[:, 10:50] = 200  # the centre 40x40 is bright
+    oset = SyntheticOrderingSet.from_images([photo], ["p"], 48)
+    assert oset.images[0].shape == (40, 40, 3) and oset.images[0].min() == 200
+    assert len(oset.images) == 1 + 3 * len({kind for _, kind, _ in oset.keys if kind})

@@ -155,21 +155,28 @@ class SyntheticOrderingSet:
     @classmethod
     def from_folder(cls, folder, splits: dict, part: str, scale: int, seed: int = 0) -> SyntheticOrderingSet:
         photos = _scene_photos(folder, splits, part)
+        images = [_read_at_scale(p, scale, scale) for p in photos]
+        out = cls.from_images(images, [p.name for p in photos], scale, seed)
+        log.info("synthetic ordering validation: %d images from %d %s scenes", len(out.images), len(photos), part)
+        return out
+
+    @classmethod
+    def from_images(cls, photos: list[np.ndarray], names: list[str], scale: int, seed: int = 0) -> SyntheticOrderingSet:
+        """Centre scale x scale of each photo (already at the viewing scale), pristine + every type at LEVELS."""
         images, keys = [], []
-        for i, p in enumerate(photos):
-            full = _read_at_scale(p, scale, scale)
+        for i, (full, name) in enumerate(zip(photos, names, strict=True)):
             h, w = full.shape[:2]
-            top, left = (h - scale) // 2, (w - scale) // 2
-            ref = np.ascontiguousarray(full[top : top + scale, left : left + scale])
+            size = min(scale, h, w)
+            top, left = (h - size) // 2, (w - size) // 2
+            ref = np.ascontiguousarray(full[top : top + size, left : left + size])
             images.append(ref)
-            keys.append((p.name, "", 0))
+            keys.append((name, "", 0))
             for j, kind in enumerate(list_distortions()):
                 for level in cls.LEVELS:
                     rng = np.random.default_rng([seed, i, j])  # one stream per series: levels agree in direction
                     images.append(distort(kind, ref, level, rng))
-                    keys.append((p.name, kind, level))
-        log.info("synthetic ordering validation: %d images from %d %s scenes", len(images), len(photos), part)
-        return cls(images, keys, [p.name for p in photos])
+                    keys.append((name, kind, level))
+        return cls(images, keys, list(names))
 
     def evaluate(self, predict: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, float]:
         from scipy.stats import spearmanr

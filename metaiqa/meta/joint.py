@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError
@@ -66,6 +66,8 @@ class JointConfig(StrictModel):
     anchor_margin: float = Field(0.05, ge=0)
     anchor_top_human: int = Field(0, ge=0, description="also use the N best-rated photos of the human train "
                                   "split as pristine anchor photos (more contents than the reference scenes)")
+    val_photo_orderings: int = Field(0, ge=0, description="also validate synthetic orderings on the N best-rated "
+                                     "photos of the human validation carve-out (val_photo_* metrics)")
     anchor_type_sampling: Literal["uniform", "loss"] = Field(
         "uniform", description="'loss': draw anchor types more often the worse the model orders them (running loss)")
     anchor_type_floor: float = Field(0.5, ge=0, le=1, description="with 'loss': share of draws kept uniform")
@@ -93,8 +95,15 @@ class JointConfig(StrictModel):
             raise ValueError(f"select_weights {v}: keys must be among {SELECT_METRICS}, weights >= 0, not all 0")
         return v
 
+    @model_validator(mode="after")
+    def _photo_metrics_need_photos(self) -> JointConfig:
+        if any(k.startswith("val_photo_") for k in self.select_weights) and not self.val_photo_orderings:
+            raise ValueError(f"select_weights {self.select_weights} name val_photo_* metrics: set val_photo_orderings > 0")
+        return self
 
-SELECT_METRICS = ("val_human_srocc", "val_synth_within_srocc", "val_synth_pristine_above")
+
+SELECT_METRICS = ("val_human_srocc", "val_synth_within_srocc", "val_synth_pristine_above",
+                  "val_photo_within_srocc", "val_photo_pristine_above")
 
 
 def scene_splits(meta: dict) -> dict:
@@ -199,6 +208,7 @@ class JointTrainer:
             if cfg.references and cfg.anchor_crops else None
         self.ordering_val = SyntheticOrderingSet.from_folder(cfg.references, splits, cfg.val_scenes, cfg.scale, cfg.seed) \
             if cfg.references else None
+        self.photo_ordering_val = self._photo_orderings(cfg.val_photo_orderings) if cfg.val_photo_orderings else None
         if self.anchor is not None and cfg.anchor_top_human:
             self.anchor = self.anchor.with_photos(*self._best_rated(cfg.anchor_top_human))
         self.type_sampler = TypeSampler(self.anchor.types if self.anchor else [],
@@ -214,6 +224,13 @@ class JointTrainer:
         log.info("anchor: + the %d best-rated human train photos (MOS >= %.3f)", len(order),
                  self.human_train[order[-1]].mos)
         return [self.train_imgs[i] for i in order], [self.human_train[i].ref_id for i in order]
+
+    def _photo_orderings(self, n: int) -> SyntheticOrderingSet:
+        order = np.argsort(-self.val_mos, kind="stable")[:n]
+        out = SyntheticOrderingSet.from_images([self.val_imgs[i] for i in order],
+                                               [self.human_val[i].ref_id for i in order], self.cfg.scale, self.cfg.seed)
+        log.info("synthetic ordering validation: %d images from the %d best-rated validation photos", len(out.images), n)
+        return out
 
     # ------------------------------------------------------------------ one step
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
@@ -267,12 +284,14 @@ class JointTrainer:
 
         pred = predict(self.model, self.val_imgs, self.preprocess)
         out = {"val_human_srocc": metrics.srocc(pred, self.val_mos), "val_human_plcc": metrics.plcc(pred, self.val_mos)}
+        if self.photo_ordering_val is not None:
+            photo = self.photo_ordering_val.evaluate(lambda imgs: predict(self.model, imgs, self.preprocess))
+            out.update({k.replace("val_synth_", "val_photo_"): v for k, v in photo.items()})
         if self.ordering_val is not None:
             out.update(self.ordering_val.evaluate(lambda imgs: predict(self.model, imgs, self.preprocess)))
-            weights = self.cfg.select_weights
-            out["select"] = sum(w * out[k] for k, w in weights.items()) / sum(weights.values())
-        else:
-            out["select"] = out["val_human_srocc"]
+        weights = {k: w for k, w in self.cfg.select_weights.items() if k in out}  # no references: human only
+        out["select"] = sum(w * out[k] for k, w in weights.items()) / sum(weights.values()) if weights \
+            else out["val_human_srocc"]
         return out
 
     def _sidecar_data(self) -> dict[str, Any]:
