@@ -13,13 +13,12 @@ scored below their pristine photo. Same maths as `val_photo_orderings` in a join
 import argparse
 import json
 
-import numpy as np
 import torch
 
 from metaiqa.config import load_config
 from metaiqa.meta.anchors import SyntheticOrderingSet
 from metaiqa.meta.finetune import predict
-from metaiqa.meta.joint import JointConfig, _read_scaled, human_split
+from metaiqa.meta.joint import JointConfig, best_rated, human_split, read_scaled
 from metaiqa.models.checkpoint import load_checkpoint
 from metaiqa.models.pretrained import resolve_checkpoint
 
@@ -35,8 +34,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(JointConfig, args.config, args.overrides)
     _, val = human_split(cfg)
-    order = np.argsort([-s.mos for s in val], kind="stable")[: args.top]
-    photos = _read_scaled([val[i] for i in order], cfg, progress=False)
+    order = best_rated(val, args.top)
+    photos = read_scaled([val[i] for i in order], cfg, progress=False)
     orderings = SyntheticOrderingSet.from_images(photos, [val[i].ref_id for i in order], cfg.scale, cfg.seed)
     print(f"{len(orderings.images)} images from the {len(order)} best-rated validation photos", flush=True)
     for spec in args.checkpoints:

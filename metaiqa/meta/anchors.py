@@ -178,7 +178,8 @@ class SyntheticOrderingSet:
                     keys.append((name, kind, level))
         return cls(images, keys, list(names))
 
-    def evaluate(self, predict: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, float]:
+    def evaluate(self, predict: Callable[[list[np.ndarray]], np.ndarray], prefix: str = "val_synth") -> dict[str, float]:
+        """`{prefix}_within_srocc` and `{prefix}_pristine_above` of the scores `predict` gives these images."""
         from scipy.stats import spearmanr
 
         pred = np.asarray(predict(self.images), dtype=np.float64)
@@ -194,4 +195,4 @@ class SyntheticOrderingSet:
             rho = spearmanr(levels, scores)[0]
             within.append(-rho if np.isfinite(rho) else 0.0)
             above += [pristine[scene] > s for _, s in rows]
-        return {"val_synth_within_srocc": float(np.mean(within)), "val_synth_pristine_above": float(np.mean(above))}
+        return {f"{prefix}_within_srocc": float(np.mean(within)), f"{prefix}_pristine_above": float(np.mean(above))}

@@ -149,7 +149,12 @@ def human_split(cfg: JointConfig):
     return train, val
 
 
-def _read_scaled(samples, cfg: JointConfig, progress: bool) -> list[np.ndarray]:
+def best_rated(samples, n: int) -> np.ndarray:
+    """Indices of the n samples with the highest MOS, best first (ties in input order)."""
+    return np.argsort([-s.mos for s in samples], kind="stable")[:n]
+
+
+def read_scaled(samples, cfg: JointConfig, progress: bool) -> list[np.ndarray]:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -200,8 +205,8 @@ class JointTrainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.preprocess = {"policy": "views", "scale": cfg.scale, "size": cfg.crop_size, "max_views": cfg.max_views}
         self.human_train, self.human_val = train, val
-        self.train_imgs = _read_scaled(train, cfg, progress)
-        self.val_imgs = _read_scaled(val, cfg, progress)
+        self.train_imgs = read_scaled(train, cfg, progress)
+        self.val_imgs = read_scaled(val, cfg, progress)
         self.val_mos = np.asarray([s.mos for s in val], dtype=np.float64)
         splits = scene_splits(init_meta)
         self.anchor = AnchorSet.from_folder(cfg.references, splits, cfg.anchor_scenes, cfg.anchor_scales, cfg.crop_size) \
@@ -220,13 +225,13 @@ class JointTrainer:
             self._resume()
 
     def _best_rated(self, n: int) -> tuple[list[np.ndarray], list[str]]:
-        order = np.argsort([-s.mos for s in self.human_train], kind="stable")[:n]
+        order = best_rated(self.human_train, n)
         log.info("anchor: + the %d best-rated human train photos (MOS >= %.3f)", len(order),
                  self.human_train[order[-1]].mos)
         return [self.train_imgs[i] for i in order], [self.human_train[i].ref_id for i in order]
 
     def _photo_orderings(self, n: int) -> SyntheticOrderingSet:
-        order = np.argsort(-self.val_mos, kind="stable")[:n]
+        order = best_rated(self.human_val, n)
         out = SyntheticOrderingSet.from_images([self.val_imgs[i] for i in order],
                                                [self.human_val[i].ref_id for i in order], self.cfg.scale, self.cfg.seed)
         log.info("synthetic ordering validation: %d images from the %d best-rated validation photos", len(out.images), n)
@@ -284,11 +289,13 @@ class JointTrainer:
 
         pred = predict(self.model, self.val_imgs, self.preprocess)
         out = {"val_human_srocc": metrics.srocc(pred, self.val_mos), "val_human_plcc": metrics.plcc(pred, self.val_mos)}
+        def score(images):
+            return predict(self.model, images, self.preprocess)
+
         if self.photo_ordering_val is not None:
-            photo = self.photo_ordering_val.evaluate(lambda imgs: predict(self.model, imgs, self.preprocess))
-            out.update({k.replace("val_synth_", "val_photo_"): v for k, v in photo.items()})
+            out.update(self.photo_ordering_val.evaluate(score, prefix="val_photo"))
         if self.ordering_val is not None:
-            out.update(self.ordering_val.evaluate(lambda imgs: predict(self.model, imgs, self.preprocess)))
+            out.update(self.ordering_val.evaluate(score))
         weights = {k: w for k, w in self.cfg.select_weights.items() if k in out}  # no references: human only
         out["select"] = sum(w * out[k] for k, w in weights.items()) / sum(weights.values()) if weights \
             else out["val_human_srocc"]
