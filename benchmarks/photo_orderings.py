@@ -13,6 +13,7 @@ scored below their pristine photo. Same maths as `val_photo_orderings` in a join
 import argparse
 import json
 
+import numpy as np
 import torch
 
 from metaiqa.config import load_config
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--top", type=int, default=20, help="how many best-rated validation photos")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--per-type", action="store_true", help="also print each distortion type's two numbers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(JointConfig, args.config, args.overrides)
@@ -41,8 +43,12 @@ def main() -> None:
     for spec in args.checkpoints:
         ckpt = load_checkpoint(resolve_checkpoint(spec))
         model = ckpt.model.float().eval()
-        result = orderings.evaluate(lambda images, m=model, pre=ckpt.preprocess: predict(m, images, pre))
+        per_type = orderings.evaluate_per_type(lambda images, m=model, pre=ckpt.preprocess: predict(m, images, pre))
+        result = {f"val_photo_{k}": float(np.mean([v[k] for v in per_type.values()])) for k in ("within_srocc", "pristine_above")}
         print(spec, json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
+        if args.per_type:
+            for kind, row in per_type.items():
+                print(f"  {kind:28s} within {row['within_srocc']:.3f}  pristine-above {row['pristine_above']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,12 @@ def test_ordering_validation_rewards_a_scorer_that_follows_the_levels(setup):
     assert perfect["val_synth_pristine_above"] == 1.0
     assert backwards["val_synth_within_srocc"] == pytest.approx(-1.0)
     assert backwards["val_synth_pristine_above"] == 0.0
+    upside_down = np.where([kind == "jpeg" for _, kind, _ in ordering.keys], 1.0 + levels / 10, 1.0 - levels / 10)
+    per_type = ordering.evaluate_per_type(lambda imgs: upside_down)
+    assert per_type["jpeg"] == {"within_srocc": pytest.approx(-1.0), "pristine_above": 0.0}
+    assert per_type["white_noise"] == {"within_srocc": pytest.approx(1.0), "pristine_above": 1.0}
+    overall = ordering.evaluate(lambda imgs: upside_down)
+    assert overall["val_synth_pristine_above"] == pytest.approx(np.mean([r["pristine_above"] for r in per_type.values()]))
 
 
 def test_joint_run_widens_the_front_end_and_saves_views_policy(setup):
@@ -180,6 +186,30 @@ def test_type_sampler_draws_hard_types_more_and_keeps_a_uniform_floor():
         TypeSampler(types[:2], adaptive=True).load_state_dict(sampler.state_dict())
 
 
+def test_type_weights_set_the_base_draws_and_the_floor_of_loss_sampling():
+    types = ["a", "b", "c", "d"]
+    fixed = TypeSampler(types, adaptive=False, weights={"a": 3.0, "c": 0.0})
+    assert np.allclose(fixed.probs(), [0.6, 0.2, 0.0, 0.2])
+    adaptive = TypeSampler(types, adaptive=True, floor=0.5, weights={"a": 3.0})
+    adaptive.update(types, [0.0, 0.0, 0.0, 0.4])
+    assert np.allclose(adaptive.probs(), 0.5 * np.array([0.5, 1 / 6, 1 / 6, 1 / 6]) + 0.5 * np.array([0, 0, 0, 1]))
+    with pytest.raises(ValueError, match="unknown types"):
+        TypeSampler(types, adaptive=False, weights={"e": 1.0})
+    rng = np.random.default_rng(0)
+    anchor = AnchorSet([np.full((40, 40, 3), 128, np.uint8)], ["s"], 32, ["white_noise", "mean_shift", "jpeg"])
+    _, _, kinds = anchor.sample(30, rng, TypeSampler(anchor.types, adaptive=False, weights={"white_noise": 0, "jpeg": 0}).probs())
+    assert set(kinds) == {"mean_shift"}
+
+
+def test_anchor_type_weights_are_checked_against_the_distortion_registry(setup):
+    root, prior = setup
+    assert _cfg(root, prior, "ok", anchor_type_weights={"mean_shift": 3.0}).anchor_type_weights == {"mean_shift": 3.0}
+    with pytest.raises(ValueError, match="anchor_type_weights.*mean_shfit"):
+        _cfg(root, prior, "bad", anchor_type_weights={"mean_shfit": 3.0})
+    with pytest.raises(ValueError, match="anchor_type_weights"):
+        _cfg(root, prior, "bad", anchor_type_weights={"mean_shift": -1.0})
+
+
 def test_anchor_triple_hinge_is_zero_only_for_ordered_triples_with_margin():
     ordered = torch.tensor([1.0, 0.8, 0.6])
     assert anchor_triple_hinge(ordered, 0.05).item() == 0.0
@@ -218,6 +248,14 @@ def test_continue_anchors_recipe_starts_from_the_default_and_counts_pristine_abo
     cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "continue_anchors.yaml")
     assert cfg.init == "metaiqa-default" and cfg.architecture is None and cfg.anchor_top_human > 0
     assert "val_synth_pristine_above" in cfg.select_weights
+
+
+def test_weak_types_recipe_draws_the_weak_types_more_and_selects_on_validation_photos():
+    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "continue_weak_types.yaml")
+    assert cfg.init == "metaiqa-default" and cfg.val_photo_orderings > 0
+    assert min(cfg.anchor_type_weights.values()) > 1  # only types drawn more often are named
+    assert {"val_photo_within_srocc", "val_photo_pristine_above"} <= set(cfg.select_weights)
+    assert not any(k.startswith("val_synth") for k in cfg.select_weights)
 
 
 def test_best_rated_human_photos_join_the_anchor_and_the_cli_names_the_best_step(setup, tmp_path):

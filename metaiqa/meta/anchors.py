@@ -106,22 +106,39 @@ class TypeSampler:
     """Chooses anchor distortion types, more often the ones the model currently orders worst.
 
     Keeps an exponential moving average of each type's anchor ranking loss; `probs()` mixes
-    the loss-proportional share with the uniform one (`floor` = weight of uniform), so every
-    type keeps being trained. With `adaptive=False` it is uniform. State is saved with the run.
+    the loss-proportional share with the base one (`floor` = weight of the base), so every
+    type keeps being trained. The base is uniform unless `weights` (type -> relative weight,
+    unnamed types 1) says otherwise; with `adaptive=False` draws follow the base. State is
+    saved with the run.
     """
 
-    def __init__(self, types: Sequence[str], *, adaptive: bool, floor: float = 0.5, decay: float = 0.98):
+    def __init__(self, types: Sequence[str], *, adaptive: bool, floor: float = 0.5, decay: float = 0.98,
+                 weights: dict[str, float] | None = None):
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"TypeSampler floor must be in [0, 1], got {floor}")
         self.types, self.adaptive, self.floor, self.decay = list(types), adaptive, floor, decay
+        self.base = self._base_probs(weights or {})
         self.loss_ema = np.full(len(self.types), np.nan)
+
+    def _base_probs(self, weights: dict[str, float]) -> np.ndarray | None:
+        """Normalised per-type weights, or None for uniform (the sampler's own uniform draw)."""
+        unknown = sorted(set(weights) - set(self.types))
+        if unknown:
+            raise ValueError(f"anchor type weights name unknown types {unknown}; known: {self.types}")
+        if not weights or not self.types:
+            return None
+        w = np.asarray([float(weights.get(t, 1.0)) for t in self.types])
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"anchor type weights must be >= 0 and not all 0, got {weights}")
+        return w / w.sum()
 
     def probs(self) -> np.ndarray | None:
         if not self.adaptive or np.isnan(self.loss_ema).all():
-            return None
+            return self.base
         ema = np.where(np.isnan(self.loss_ema), np.nanmax(self.loss_ema), self.loss_ema)  # unseen: as hard as the hardest
         share = ema / ema.sum() if ema.sum() > 0 else np.full(len(ema), 1.0 / len(ema))
-        return self.floor / len(ema) + (1.0 - self.floor) * share
+        base = self.base if self.base is not None else np.full(len(ema), 1.0 / len(ema))
+        return self.floor * base + (1.0 - self.floor) * share
 
     def update(self, kinds: Sequence[str], losses: Sequence[float]) -> None:
         for kind, loss in zip(kinds, losses, strict=True):
@@ -180,19 +197,29 @@ class SyntheticOrderingSet:
 
     def evaluate(self, predict: Callable[[list[np.ndarray]], np.ndarray], prefix: str = "val_synth") -> dict[str, float]:
         """`{prefix}_within_srocc` and `{prefix}_pristine_above` of the scores `predict` gives these images."""
+        within, above = self._series_checks(np.asarray(predict(self.images), dtype=np.float64))
+        return {f"{prefix}_within_srocc": float(np.mean([w for v in within.values() for w in v])),
+                f"{prefix}_pristine_above": float(np.mean([a for v in above.values() for a in v]))}
+
+    def evaluate_per_type(self, predict: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, dict[str, float]]:
+        """Per distortion type: mean within-scene SROCC and pristine-above share (for diagnosis)."""
+        within, above = self._series_checks(np.asarray(predict(self.images), dtype=np.float64))
+        return {kind: {"within_srocc": float(np.mean(within[kind])), "pristine_above": float(np.mean(above[kind]))}
+                for kind in sorted(within)}
+
+    def _series_checks(self, pred: np.ndarray) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
+        """Per type: the within-(scene, type) SROCC of [pristine, levels] and pristine > level, per series."""
         from scipy.stats import spearmanr
 
-        pred = np.asarray(predict(self.images), dtype=np.float64)
         pristine = {scene: pred[i] for i, (scene, kind, _) in enumerate(self.keys) if not kind}
         groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for i, (scene, kind, level) in enumerate(self.keys):
             if kind:
                 groups.setdefault((scene, kind), []).append((level, pred[i]))
-        within, above = [], []
-        for (scene, _), rows in groups.items():
-            levels = [0] + [lv for lv, _ in rows]
-            scores = [pristine[scene]] + [s for _, s in rows]
-            rho = spearmanr(levels, scores)[0]
-            within.append(-rho if np.isfinite(rho) else 0.0)
-            above += [pristine[scene] > s for _, s in rows]
-        return {f"{prefix}_within_srocc": float(np.mean(within)), f"{prefix}_pristine_above": float(np.mean(above))}
+        within: dict[str, list[float]] = {}
+        above: dict[str, list[bool]] = {}
+        for (scene, kind), rows in groups.items():
+            rho = spearmanr([0] + [lv for lv, _ in rows], [pristine[scene]] + [s for _, s in rows])[0]
+            within.setdefault(kind, []).append(-rho if np.isfinite(rho) else 0.0)
+            above.setdefault(kind, []).extend(pristine[scene] > s for _, s in rows)
+        return within, above

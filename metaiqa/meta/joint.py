@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError
 from metaiqa.data.transforms import to_viewing_scale
+from metaiqa.distortions import list_distortions
 from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler
 from metaiqa.meta.losses import ranking_hinge
 from metaiqa.meta.optim import adam_param_groups, cosine_factor
@@ -70,7 +71,10 @@ class JointConfig(StrictModel):
                                      "photos of the human validation carve-out (val_photo_* metrics)")
     anchor_type_sampling: Literal["uniform", "loss"] = Field(
         "uniform", description="'loss': draw anchor types more often the worse the model orders them (running loss)")
-    anchor_type_floor: float = Field(0.5, ge=0, le=1, description="with 'loss': share of draws kept uniform")
+    anchor_type_floor: float = Field(0.5, ge=0, le=1, description="with 'loss': share of draws kept to the base "
+                                     "(uniform or anchor_type_weights)")
+    anchor_type_weights: dict[str, float] = Field(default_factory=dict, description="relative draw weight per "
+                                                  "distortion type (unnamed types 1), e.g. {mean_shift: 3}")
     select_weights: dict[str, float] = Field(
         default_factory=lambda: {"val_human_srocc": 0.5, "val_synth_within_srocc": 0.5},
         description="validation metrics (weighted mean) that pick `best`")
@@ -93,6 +97,17 @@ class JointConfig(StrictModel):
         unknown = set(v) - set(SELECT_METRICS)
         if unknown or not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
             raise ValueError(f"select_weights {v}: keys must be among {SELECT_METRICS}, weights >= 0, not all 0")
+        return v
+
+    @field_validator("anchor_type_weights")
+    @classmethod
+    def _known_anchor_types(cls, v: dict[str, float]) -> dict[str, float]:
+        types = list_distortions()
+        unknown = sorted(set(v) - set(types))
+        all_zero = set(v) == set(types) and not any(v.values())  # unnamed types keep weight 1
+        if unknown or any(w < 0 for w in v.values()) or all_zero:
+            raise ValueError(f"anchor_type_weights {v}: keys must be distortion types ({', '.join(list_distortions())}), "
+                             "weights >= 0, not all 0")
         return v
 
     @model_validator(mode="after")
@@ -217,7 +232,8 @@ class JointTrainer:
         if self.anchor is not None and cfg.anchor_top_human:
             self.anchor = self.anchor.with_photos(*self._best_rated(cfg.anchor_top_human))
         self.type_sampler = TypeSampler(self.anchor.types if self.anchor else [],
-                                        adaptive=cfg.anchor_type_sampling == "loss", floor=cfg.anchor_type_floor)
+                                        adaptive=cfg.anchor_type_sampling == "loss", floor=cfg.anchor_type_floor,
+                                        weights=cfg.anchor_type_weights)
         self.opt = torch.optim.AdamW(adam_param_groups(self.model, cfg.lr, cfg.head_lr), weight_decay=cfg.weight_decay)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
         self.init_meta = init_meta
