@@ -102,12 +102,10 @@ class JointConfig(StrictModel):
     @field_validator("anchor_type_weights")
     @classmethod
     def _known_anchor_types(cls, v: dict[str, float]) -> dict[str, float]:
-        types = list_distortions()
-        unknown = sorted(set(v) - set(types))
-        all_zero = set(v) == set(types) and not any(v.values())  # unnamed types keep weight 1
-        if unknown or any(w < 0 for w in v.values()) or all_zero:
-            raise ValueError(f"anchor_type_weights {v}: keys must be distortion types ({', '.join(list_distortions())}), "
-                             "weights >= 0, not all 0")
+        try:
+            TypeSampler(list_distortions(), adaptive=False, weights=v)  # the sampler's own checks, at config time
+        except ValueError as e:
+            raise ValueError(f"anchor_type_weights: {e}") from None
         return v
 
     @model_validator(mode="after")
