@@ -13,7 +13,6 @@ scored below their pristine photo. Same maths as `val_photo_orderings` in a join
 import argparse
 import json
 
-import numpy as np
 import torch
 
 from metaiqa.config import load_config
@@ -43,11 +42,11 @@ def main() -> None:
     for spec in args.checkpoints:
         ckpt = load_checkpoint(resolve_checkpoint(spec))
         model = ckpt.model.float().eval()
-        per_type = orderings.evaluate_per_type(lambda images, m=model, pre=ckpt.preprocess: predict(m, images, pre))
-        result = {f"val_photo_{k}": float(np.mean([v[k] for v in per_type.values()])) for k in ("within_srocc", "pristine_above")}
+        pred = predict(model, orderings.images, ckpt.preprocess)
+        result = orderings.summary(pred, prefix="val_photo")
         print(spec, json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
         if args.per_type:
-            for kind, row in per_type.items():
+            for kind, row in orderings.per_type(pred).items():
                 print(f"  {kind:28s} within {row['within_srocc']:.3f}  pristine-above {row['pristine_above']:.3f}", flush=True)
 
 

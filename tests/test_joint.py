@@ -76,7 +76,7 @@ def test_ordering_validation_rewards_a_scorer_that_follows_the_levels(setup):
     assert backwards["val_synth_within_srocc"] == pytest.approx(-1.0)
     assert backwards["val_synth_pristine_above"] == 0.0
     upside_down = np.where([kind == "jpeg" for _, kind, _ in ordering.keys], 1.0 + levels / 10, 1.0 - levels / 10)
-    per_type = ordering.evaluate_per_type(lambda imgs: upside_down)
+    per_type = ordering.per_type(upside_down)
     assert per_type["jpeg"] == {"within_srocc": pytest.approx(-1.0), "pristine_above": 0.0}
     assert per_type["white_noise"] == {"within_srocc": pytest.approx(1.0), "pristine_above": 1.0}
     overall = ordering.evaluate(lambda imgs: upside_down)

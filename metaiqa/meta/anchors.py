@@ -197,20 +197,25 @@ class SyntheticOrderingSet:
 
     def evaluate(self, predict: Callable[[list[np.ndarray]], np.ndarray], prefix: str = "val_synth") -> dict[str, float]:
         """`{prefix}_within_srocc` and `{prefix}_pristine_above` of the scores `predict` gives these images."""
-        within, above = self._series_checks(np.asarray(predict(self.images), dtype=np.float64))
+        return self.summary(predict(self.images), prefix)
+
+    def summary(self, pred, prefix: str = "val_synth") -> dict[str, float]:
+        """The two numbers of `evaluate`, from scores already computed for `self.images`."""
+        within, above = self._series_checks(pred)
         return {f"{prefix}_within_srocc": float(np.mean([w for v in within.values() for w in v])),
                 f"{prefix}_pristine_above": float(np.mean([a for v in above.values() for a in v]))}
 
-    def evaluate_per_type(self, predict: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, dict[str, float]]:
-        """Per distortion type: mean within-scene SROCC and pristine-above share (for diagnosis)."""
-        within, above = self._series_checks(np.asarray(predict(self.images), dtype=np.float64))
+    def per_type(self, pred) -> dict[str, dict[str, float]]:
+        """Per distortion type, from scores for `self.images`: mean within-scene SROCC and pristine-above share."""
+        within, above = self._series_checks(pred)
         return {kind: {"within_srocc": float(np.mean(within[kind])), "pristine_above": float(np.mean(above[kind]))}
                 for kind in sorted(within)}
 
-    def _series_checks(self, pred: np.ndarray) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
+    def _series_checks(self, pred) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
         """Per type: the within-(scene, type) SROCC of [pristine, levels] and pristine > level, per series."""
         from scipy.stats import spearmanr
 
+        pred = np.asarray(pred, dtype=np.float64)
         pristine = {scene: pred[i] for i, (scene, kind, _) in enumerate(self.keys) if not kind}
         groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for i, (scene, kind, level) in enumerate(self.keys):
