@@ -98,6 +98,16 @@ def test_joint_run_widens_the_front_end_and_saves_views_policy(setup):
     assert sidecar["data"]["val_scenes"] == ["r3.png"]
 
 
+def test_without_init_validation_best_is_the_best_validated_training_step(setup):
+    root, prior = setup
+    out = JointTrainer(_cfg(root, prior, "run_noinit", validate_init=False), progress=False).run()
+    rows = [json.loads(line) for line in (root / "run_noinit" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    best = max(rows, key=lambda r: r["select"])
+    assert out["best_step"] == best["step"]
+    assert read_sidecar(root / "run_noinit" / "best")["metrics"]["step"] == best["step"]
+
+
 def test_widened_prior_scores_exactly_like_the_prior_before_training(setup):
     root, prior = setup
     trainer = JointTrainer(_cfg(root, prior, "run_w", steps=1), progress=False)

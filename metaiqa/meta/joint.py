@@ -84,6 +84,8 @@ class JointConfig(StrictModel):
     warmup_steps: int = Field(100, ge=0)
     steps: int = Field(3000, ge=1)
     val_every: int = Field(500, ge=1)
+    validate_init: bool = Field(True, description="validate the init at step 0, so `best` can be the init "
+                                "itself (false: save the ~5 minutes when the init is known not to be shipped)")
     checkpoint_every: int = Field(100, ge=1)
     max_minutes: float | None = Field(None, gt=0)
     seed: int = 0
@@ -355,7 +357,7 @@ class JointTrainer:
         from metaiqa.meta.progress import budget_estimate, follow_budget
 
         cfg = self.cfg
-        if self.step == 0 and not self.files.log_rows():
+        if self.step == 0 and cfg.validate_init and not self.files.log_rows():
             row0 = {"step": 0, **self.validate()}
             self.files.append_log(row0)
             self.best = row0["select"]
