@@ -371,7 +371,8 @@ class JointTrainer:
             budget = budget_estimate(self.step, cfg.steps, self.elapsed, cfg.max_minutes)
             follow_budget(bar, budget)  # a time budget that ends the run first: the bar's total and ETA follow it
             bar.update(1)
-            bar.set_postfix({"loss": f"{last['loss']:.4f}", "best": f"{self.best:.4f}", **budget.postfix()})
+            best = f"{self.best:.4f}" if math.isfinite(self.best) else "not yet validated"
+            bar.set_postfix({"loss": f"{last['loss']:.4f}", "best": best, **budget.postfix()})
             out_of_time = cfg.max_minutes is not None and self.elapsed > 60 * cfg.max_minutes
             if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                 row = {"step": self.step, "loss": last["loss"], "minutes": round(self.elapsed / 60, 2), **self.validate()}
