@@ -7,6 +7,7 @@ import pytest
 from metaiqa.config import load_config
 from metaiqa.meta.config import MetaTrainConfig
 from metaiqa.meta.finetune import FineTuneConfig
+from metaiqa.meta.joint import JointConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -19,6 +20,13 @@ def test_meta_train_configs_validate(path):
 
 def test_fine_tune_config_validates():
     load_config(FineTuneConfig, CONFIGS / "fine_tune" / "fewshot.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (CONFIGS / "fine_tune").glob("*.yaml") if p.stem != "fewshot"),
+                         ids=lambda p: p.stem)
+def test_joint_recipe_configs_validate(path):
+    cfg = load_config(JointConfig, path)
+    assert cfg.human.startswith("biq2021-train:") and cfg.steps >= cfg.val_every
 
 
 def test_default_recipe_holds_out_five_types_and_test_scenes():
