@@ -11,7 +11,7 @@ from conftest import natural_image
 from PIL import Image
 
 from metaiqa.config import load_config
-from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated
 from metaiqa.meta.joint import JointConfig, JointTrainer, anchor_triple_hinge, scene_splits
 from metaiqa.meta.runstate import RunDirError
 from metaiqa.models import create_model
@@ -277,6 +277,27 @@ def test_best_rated_human_photos_join_the_anchor_and_the_cli_names_the_best_step
     assert len(trainer.anchor.images) == 3 + 3  # one scale of the references + the 3 photos
     out = trainer.run()
     assert out["best_step"] in (0, 1) and out["step"] == 1
+
+
+def test_darkest_well_rated_skips_photos_rated_below_the_median():
+    shades = [10, 20, 30, 40, 200, 220]
+    images = [np.full((4, 4, 3), v, np.uint8) for v in shades]
+    mos = [0.1, 0.9, 0.2, 0.8, 0.7, 0.95]  # median 0.75: the 10- and 30-shade photos are rated below it
+    assert darkest_well_rated(images, mos, 2).tolist() == [1, 3]
+    assert darkest_well_rated(images, mos, 10).tolist() == [1, 3, 5]
+    with pytest.raises(ValueError, match="6 images but 5 scores"):
+        darkest_well_rated(images, mos[:5], 2)
+
+
+def test_dark_well_rated_human_photos_join_the_anchor(setup):
+    root, prior = setup
+    trainer = JointTrainer(_cfg(root, prior, "dark", steps=1, anchor_top_human=2, anchor_dark_human=3), progress=False)
+    expect = darkest_well_rated(trainer.train_imgs, [s.mos for s in trainer.human_train], 3)
+    assert trainer.anchor.scenes[5:] == [trainer.human_train[i].ref_id for i in expect]
+    assert len(trainer.anchor.images) == 3 + 2 + 3
+    brightness = [trainer.anchor.images[5 + k].mean() for k in range(3)]
+    assert brightness == sorted(brightness)
+    assert all(trainer.human_train[i].mos >= np.median([s.mos for s in trainer.human_train]) for i in expect)
 
 
 def test_photo_orderings_validate_on_the_best_rated_validation_photos(setup):

@@ -48,6 +48,21 @@ def _read_at_scale(path: Path, short_side: int, crop_size: int) -> np.ndarray:
     return to_viewing_scale(arr, short_side, crop_size)
 
 
+def darkest_well_rated(images: Sequence[np.ndarray], mos: Sequence[float], n: int) -> np.ndarray:
+    """Indices of the n darkest images (mean of RGB) among those with MOS >= the median, darkest first.
+
+    Rated at or above the median, a dark photo is dark by intent (night, low key), not by an
+    exposure mistake: brightening or darkening it is damage, which photos chosen by rating
+    alone (mostly daylight) rarely teach.
+    """
+    mos = np.asarray(mos, dtype=np.float64)
+    if len(images) != len(mos):
+        raise ValueError(f"darkest_well_rated: {len(images)} images but {len(mos)} scores")
+    rated = np.flatnonzero(mos >= np.median(mos)) if len(mos) else np.zeros(0, dtype=int)
+    brightness = np.asarray([float(images[i].mean()) for i in rated])
+    return rated[np.argsort(brightness, kind="stable")[:n]]
+
+
 class AnchorSet:
     """Pristine reference photos at several scales; `sample` returns ordered distorted triples."""
 

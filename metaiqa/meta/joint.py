@@ -33,7 +33,7 @@ from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError
 from metaiqa.data.transforms import to_viewing_scale
 from metaiqa.distortions import list_distortions
-from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated
 from metaiqa.meta.losses import ranking_hinge
 from metaiqa.meta.optim import adam_param_groups, cosine_factor
 from metaiqa.meta.runstate import RunFiles
@@ -67,6 +67,8 @@ class JointConfig(StrictModel):
     anchor_margin: float = Field(0.05, ge=0)
     anchor_top_human: int = Field(0, ge=0, description="also use the N best-rated photos of the human train "
                                   "split as pristine anchor photos (more contents than the reference scenes)")
+    anchor_dark_human: int = Field(0, ge=0, description="also use the N darkest human train photos rated at or above "
+                                   "the median (night and low-key scenes: exposure damage on dark photos)")
     val_photo_orderings: int = Field(0, ge=0, description="also validate synthetic orderings on the N best-rated "
                                      "photos of the human validation carve-out (val_photo_* metrics)")
     anchor_type_sampling: Literal["uniform", "loss"] = Field(
@@ -230,7 +232,10 @@ class JointTrainer:
             if cfg.references else None
         self.photo_ordering_val = self._photo_orderings(cfg.val_photo_orderings) if cfg.val_photo_orderings else None
         if self.anchor is not None and cfg.anchor_top_human:
-            self.anchor = self.anchor.with_photos(*self._best_rated(cfg.anchor_top_human))
+            self.anchor = self.anchor.with_photos(*self._train_photos(best_rated(train, cfg.anchor_top_human), "best-rated"))
+        if self.anchor is not None and cfg.anchor_dark_human:
+            dark = darkest_well_rated(self.train_imgs, [s.mos for s in train], cfg.anchor_dark_human)
+            self.anchor = self.anchor.with_photos(*self._train_photos(dark, "darkest (rated >= median)"))
         self.type_sampler = TypeSampler(self.anchor.types if self.anchor else [],
                                         adaptive=cfg.anchor_type_sampling == "loss", floor=cfg.anchor_type_floor,
                                         weights=cfg.anchor_type_weights)
@@ -240,10 +245,11 @@ class JointTrainer:
         if resume:
             self._resume()
 
-    def _best_rated(self, n: int) -> tuple[list[np.ndarray], list[str]]:
-        order = best_rated(self.human_train, n)
-        log.info("anchor: + the %d best-rated human train photos (MOS >= %.3f)", len(order),
-                 self.human_train[order[-1]].mos)
+    def _train_photos(self, order, which: str) -> tuple[list[np.ndarray], list[str]]:
+        """(images, ids) of these human train photos, for the anchor."""
+        mos = [self.human_train[i].mos for i in order]
+        log.info("anchor: + the %d %s human train photos (MOS %.3f-%.3f)", len(order), which,
+                 min(mos, default=math.nan), max(mos, default=math.nan))
         return [self.train_imgs[i] for i in order], [self.human_train[i].ref_id for i in order]
 
     def _photo_orderings(self, n: int) -> SyntheticOrderingSet:
