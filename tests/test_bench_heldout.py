@@ -34,3 +34,19 @@ def test_a_type_scored_backwards_is_named_and_pulls_pristine_above_down():
     assert out["heldout_types"]["mean_within_group_srocc"] == pytest.approx(-1.0)
     assert "types ranked backwards | shift" in heldout.table(
         {"scores": {"m": out}, "seconds_per_image": {"m": 0.1}, "holdout_types": ["shift"]})
+
+
+def test_pristine_above_interval_resamples_whole_scenes():
+    samples = [SimpleNamespace(ref_id=f"{scene}_c{c}", content=scene, group="blur", level=level, mos=0.0,
+                               path=Path(f"{scene}_c{c}_{level}.png"))
+               for scene in ("good", "bad") for c in (0, 1) for level in (1, 2, 3)]
+    pristine = {s.ref_id: Path(f"{s.ref_id}.png") for s in samples}
+    scores = {p: 1.0 for p in pristine.values()}
+    for s in samples:  # the "bad" scene scores every distorted crop above its pristine one
+        scores[s.path] = 0.5 if s.content == "good" else 1.5
+    out = heldout.pristine_above_by_scene(scores, samples, pristine)
+    assert out["per_scene"] == {"bad": 0.0, "good": 1.0}
+    # two scenes: a resample holds both (0.5), only the good one (1.0) or only the bad one (0.0)
+    assert out["ci95"] == [0.0, 1.0]
+    one_scene = [s for s in samples if s.content == "good"]
+    assert heldout.pristine_above_by_scene(scores, one_scene, pristine)["ci95"] == [1.0, 1.0]
