@@ -65,19 +65,15 @@ def _scene(s) -> str:
     return getattr(s, "content", None) or s.ref_id
 
 
-def pristine_above_by_scene(scores: dict[Path, float], samples, pristine, n_boot: int = 2000, seed: int = 0) -> dict:
+def pristine_above_by_scene(scores: dict[Path, float], samples, pristine) -> dict:
     """Pristine-above share per scene, and a 95 % bootstrap interval of the pooled share that
     resamples whole scenes (with 6 test scenes the interval says how much the share depends on
     which scenes happen to be in the test split)."""
     per_scene: dict[str, list[bool]] = defaultdict(list)
     for s in samples:
         per_scene[_scene(s)].append(scores[pristine[s.ref_id]] > scores[s.path])
-    above = np.asarray([sum(v) for v in per_scene.values()], dtype=float)
-    count = np.asarray([len(v) for v in per_scene.values()], dtype=float)
-    picks = np.random.default_rng(seed).integers(0, len(count), (n_boot, len(count)))
-    shares = above[picks].sum(axis=1) / count[picks].sum(axis=1)
-    return {"per_scene": {k: float(np.mean(v)) for k, v in sorted(per_scene.items())},
-            "ci95": [float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))]}
+    lo, hi = metrics.grouped_share_ci([sum(v) for v in per_scene.values()], [len(v) for v in per_scene.values()])
+    return {"per_scene": {k: float(np.mean(v)) for k, v in sorted(per_scene.items())}, "ci95": [lo, hi]}
 
 
 def evaluate_scores(scores: dict[Path, float], samples, pristine, holdout: list[str]) -> dict:

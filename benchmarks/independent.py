@@ -125,7 +125,20 @@ def summarise(per: dict[str, dict[str, dict]], photos: list[str] | None = None) 
     out = {fam: agg([c for p, c in cells.items() if keep(p)]) for fam, cells in per.items()}
     out["all"] = agg([c for cells in per.values() for p, c in cells.items() if keep(p)])
     out["all"]["families_backwards"] = [f for f in per if out[f]["srocc"] < 0]
+    out["all"]["pristine_above_ci95"] = photo_interval(per, keep)
     return out
+
+
+def photo_interval(per: dict[str, dict[str, dict]], keep) -> list[float]:
+    """95 % interval of the all-families pristine-above share, resampling whole photos."""
+    by_photo: dict[str, list[float]] = defaultdict(list)
+    for cells in per.values():
+        for photo, c in cells.items():
+            if keep(photo):
+                by_photo[photo].append(c["above"])  # every cell has the same number of levels
+    if not by_photo:
+        return [float("nan")] * 2
+    return list(metrics.grouped_share_ci([sum(v) for v in by_photo.values()], [len(v) for v in by_photo.values()]))
 
 
 def score_set(args, folder: Path, manifest: dict) -> tuple[dict, dict]:
@@ -165,6 +178,9 @@ def table(res: dict) -> str:
     out += ["", "Pristine above: share of damaged versions scored below their own pristine photo:", *head]
     out += [f"| {r} | " + " | ".join(f"{res['summary'][lb][r]['pristine_above']:.3f}" for lb in labels) + " |"
             for r in rows]
+    out.append("| all: 95 % interval over photos | " + " | ".join(
+        "{:.3f}–{:.3f}".format(*res["summary"][lb]["all"].get("pristine_above_ci95", [float("nan")] * 2))
+        for lb in labels) + " |")
     out.append("| ms per image | " + " | ".join(f"{res['scorers'][lb]['ms_per_image']:.0f}" for lb in labels) + " |")
     notes = [res["scorers"][lb]["cache_note"] for lb in labels if res["scorers"][lb]["cache_note"]]
     return "\n".join(out + [""] + [f"Note: {n}" for n in notes])

@@ -77,3 +77,15 @@ def test_noise_changes_with_the_seed(photo):
 
 def test_recipe_fingerprint_is_stable():
     assert dmg.fingerprint() == dmg.fingerprint() and len(dmg.fingerprint()) == 16
+
+
+def test_summary_interval_resamples_whole_photos():
+    import independent
+
+    # photo "a" keeps its pristine version on top in both families, photo "b" in neither
+    per = {"blur": {"a": {"srocc": 1.0, "above": 1.0}, "b": {"srocc": -1.0, "above": 0.0}},
+           "noise": {"a": {"srocc": 1.0, "above": 1.0}, "b": {"srocc": -1.0, "above": 0.0}}}
+    out = independent.summarise(per)
+    assert out["all"]["pristine_above"] == 0.5 and out["all"]["families_backwards"] == []
+    assert out["all"]["pristine_above_ci95"] == [0.0, 1.0]
+    assert independent.summarise(per, ["a"])["all"]["pristine_above_ci95"] == [1.0, 1.0]

@@ -39,3 +39,13 @@ def test_bad_input_is_rejected():
     with pytest.raises(InvalidInput, match="NaN"):
         metrics.plcc([1, 2, np.nan], [1, 2, 3])
     assert np.isnan(metrics.srocc([1, 1, 1], [1, 2, 3]))
+
+
+def test_grouped_share_interval_resamples_whole_groups():
+    # one group entirely right, one entirely wrong: resamples give 0, 1/2 or 1
+    assert metrics.grouped_share_ci([5, 0], [5, 5]) == (0.0, 1.0)
+    lo, hi = metrics.grouped_share_ci([29, 30, 28, 30, 30, 20], [30] * 6)
+    assert lo < 167 / 180 < hi and hi <= 1.0
+    assert metrics.grouped_share_ci([3], [4]) == (0.75, 0.75)
+    with pytest.raises(InvalidInput, match="hits <= totals"):
+        metrics.grouped_share_ci([6], [5])

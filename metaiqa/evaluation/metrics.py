@@ -193,3 +193,23 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
     return float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha))
+
+
+def grouped_share_ci(
+    hits: ArrayLike, totals: ArrayLike, *, n: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a pooled share (sum hits / sum totals) over groups.
+
+    One entry per group (e.g. per scene: pairs scored in the right order, pairs checked);
+    whole groups are resampled with replacement, so the interval shows how the share moves
+    with the set of contents, not with single pairs. Fewer than 2 groups give (share, share).
+    """
+    h, t = np.asarray(hits, dtype=np.float64), np.asarray(totals, dtype=np.float64)
+    if h.shape != t.shape or h.ndim != 1 or not h.size or (t <= 0).any() or (h < 0).any() or (h > t).any():
+        raise InvalidInput(f"grouped_share_ci needs one (hits <= totals, totals > 0) per group, got {h} / {t}")
+    if h.size < 2:
+        return float(h[0] / t[0]), float(h[0] / t[0])
+    picks = np.random.default_rng(seed).integers(0, h.size, (n, h.size))
+    shares = h[picks].sum(axis=1) / t[picks].sum(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(shares, alpha)), float(np.quantile(shares, 1 - alpha))
