@@ -14,6 +14,9 @@ model and peer (all higher = better):
     python benchmarks/heldout.py --data /work/data/synth_c1 \
         --model metaiqa=runs/fomaml/best.safetensors --peers brisque niqe \
         --out benchmarks/results/heldout.json
+
+With `--scenes all` every scene of --data counts, for a set made with `metaiqa data synth`
+from photos no model trained on (session 9: the independent check's 25 photos).
 """
 
 import argparse
@@ -111,6 +114,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="synthetic data set (with pristine references)")
     ap.add_argument("--model", action="append", default=[], metavar="LABEL=CKPT")
     ap.add_argument("--peers", nargs="*", default=["brisque", "niqe"], choices=["brisque", "niqe"])
+    ap.add_argument("--scenes", choices=["test", "all"], default="test",
+                    help="'test': the prior's test scenes of --data (default); 'all': every scene of --data, for a "
+                    "set made from photos that no model trained on (e.g. the independent check's photos)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/heldout.json"))
     args = ap.parse_args()
@@ -120,8 +126,12 @@ def main() -> None:
         raise SystemExit("give at least one --model LABEL=CKPT (its sidecar names the test scenes)")
 
     meta = scene_source(models)
-    holdout, test_contents = meta["holdout_types"], set(meta["splits"]["test"]["contents"])
-    samples = [s for s in parse_data_spec(args.data) if s.content in test_contents]
+    holdout, samples = meta["holdout_types"], parse_data_spec(args.data)
+    if args.scenes == "test":
+        samples = [s for s in samples if s.content in set(meta["splits"]["test"]["contents"])]
+    if not samples:
+        raise SystemExit(f"{args.data}: no images of the prior's test scenes; for a set of other photos use --scenes all")
+    test_contents = {s.content for s in samples}
     root = samples[0].path.parent
     pristine = {s.ref_id: root / f"{s.ref_id}.png" for s in samples}
     paths = sorted({s.path for s in samples} | set(pristine.values()))
