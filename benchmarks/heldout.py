@@ -128,7 +128,8 @@ def main() -> None:
     meta = scene_source(models)
     holdout, samples = meta["holdout_types"], parse_data_spec(args.data)
     if args.scenes == "test":
-        samples = [s for s in samples if s.content in set(meta["splits"]["test"]["contents"])]
+        prior_test = set(meta["splits"]["test"]["contents"])
+        samples = [s for s in samples if s.content in prior_test]
     if not samples:
         raise SystemExit(f"{args.data}: no images of the prior's test scenes; for a set of other photos use --scenes all")
     test_contents = {s.content for s in samples}

@@ -51,9 +51,9 @@ def _read_at_scale(path: Path, short_side: int, crop_size: int) -> np.ndarray:
 def darkest_well_rated(images: Sequence[np.ndarray], mos: Sequence[float], n: int) -> np.ndarray:
     """Indices of the n darkest images (mean of RGB) among those with MOS >= the median, darkest first.
 
-    Rated at or above the median, a dark photo is dark by intent (night, low key), not by an
-    exposure mistake: brightening or darkening it is damage, which photos chosen by rating
-    alone (mostly daylight) rarely teach.
+    The assumption: rated at or above the median, a dark photo is dark by intent (night, low
+    key) rather than by an exposure mistake, so brightening or darkening it is damage — a case
+    that photos chosen by rating alone (mostly daylight) rarely show the anchor.
     """
     mos = np.asarray(mos, dtype=np.float64)
     if len(images) != len(mos):
