@@ -16,7 +16,10 @@ model and peer (all higher = better):
         --out benchmarks/results/heldout.json
 
 With `--scenes all` every scene of --data counts, for a set made with `metaiqa data synth`
-from photos no model trained on (session 9: the independent check's 25 photos).
+from photos no model trained on (session 9: the independent check's 25 photos). With
+`--scenes val` the prior's *validation* scenes count instead: the same protocol (crops,
+levels, scoring policy) on scenes that may be used to choose between models, which the test
+scenes may not.
 """
 
 import argparse
@@ -109,13 +112,22 @@ def scene_source(models: dict[str, str]) -> dict:
                      "(e.g. --model prior=metaiqa-prior), whose training defines the test scenes")
 
 
+def scenes_of(samples, splits: dict, part: str) -> list:
+    """The samples whose scene is in the prior's `part` split ('test', 'val', 'train'), or all of them."""
+    if part == "all":
+        return list(samples)
+    allowed = set(splits[part]["contents"])
+    return [s for s in samples if s.content in allowed]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="synthetic data set (with pristine references)")
     ap.add_argument("--model", action="append", default=[], metavar="LABEL=CKPT")
     ap.add_argument("--peers", nargs="*", default=["brisque", "niqe"], choices=["brisque", "niqe"])
-    ap.add_argument("--scenes", choices=["test", "all"], default="test",
-                    help="'test': the prior's test scenes of --data (default); 'all': every scene of --data, for a "
+    ap.add_argument("--scenes", choices=["test", "val", "all"], default="test",
+                    help="'test': the prior's test scenes of --data (default); 'val': its validation scenes (the "
+                    "same protocol on scenes you may select models on); 'all': every scene of --data, for a "
                     "set made from photos that no model trained on (e.g. the independent check's photos)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/heldout.json"))
@@ -127,17 +139,16 @@ def main() -> None:
 
     meta = scene_source(models)
     holdout, samples = meta["holdout_types"], parse_data_spec(args.data)
-    if args.scenes == "test":
-        prior_test = set(meta["splits"]["test"]["contents"])
-        samples = [s for s in samples if s.content in prior_test]
+    samples = scenes_of(samples, meta["splits"], args.scenes)
     if not samples:
-        raise SystemExit(f"{args.data}: no images of the prior's test scenes; for a set of other photos use --scenes all")
-    test_contents = {s.content for s in samples}
+        raise SystemExit(f"{args.data}: no images of the prior's {args.scenes} scenes; for a set of other photos "
+                         "use --scenes all")
+    scenes = {s.content for s in samples}
     root = samples[0].path.parent
     pristine = {s.ref_id: root / f"{s.ref_id}.png" for s in samples}
     paths = sorted({s.path for s in samples} | set(pristine.values()))
 
-    results: dict = {"data": args.data, "test_scenes": sorted(test_contents), "holdout_types": holdout,
+    results: dict = {"data": args.data, "scene_split": args.scenes, "scenes": sorted(scenes), "holdout_types": holdout,
                      "n_images": len(samples), "n_references": len(pristine), "scores": {}, "seconds_per_image": {}}
     scorers = {label: (lambda p, c=ck: Scorer.from_checkpoint(resolve_checkpoint(c)).score_paths(p))
                for label, ck in models.items()}

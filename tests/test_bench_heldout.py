@@ -50,3 +50,11 @@ def test_pristine_above_interval_resamples_whole_scenes():
     assert out["ci95"] == [0.0, 1.0]
     one_scene = [s for s in samples if s.content == "good"]
     assert heldout.pristine_above_by_scene(scores, one_scene, pristine)["ci95"] == [1.0, 1.0]
+
+
+def test_scene_split_picks_only_that_splits_scenes():
+    samples = [SimpleNamespace(content=c, ref_id=c) for c in ("a.jpg", "b.jpg", "c.jpg", "a.jpg")]
+    splits = {"test": {"contents": ["a.jpg"]}, "val": {"contents": ["b.jpg", "z.jpg"]}}
+    assert [s.content for s in heldout.scenes_of(samples, splits, "test")] == ["a.jpg", "a.jpg"]
+    assert [s.content for s in heldout.scenes_of(samples, splits, "val")] == ["b.jpg"]
+    assert len(heldout.scenes_of(samples, splits, "all")) == 4
