@@ -11,7 +11,7 @@ from conftest import natural_image
 from PIL import Image
 
 from metaiqa.config import load_config
-from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated, level_probs
 from metaiqa.meta.joint import JointConfig, JointTrainer, anchor_triple_hinge, scene_splits
 from metaiqa.meta.runstate import RunDirError
 from metaiqa.models import create_model
@@ -209,6 +209,20 @@ def test_type_weights_set_the_base_draws_and_the_floor_of_loss_sampling():
     anchor = AnchorSet([np.full((40, 40, 3), 128, np.uint8)], ["s"], 32, ["white_noise", "mean_shift", "jpeg"])
     _, _, kinds = anchor.sample(30, rng, TypeSampler(anchor.types, adaptive=False, weights={"white_noise": 0, "jpeg": 0}).probs())
     assert set(kinds) == {"mean_shift"}
+
+
+def test_level_weights_decide_which_two_levels_an_anchor_triple_shows(setup):
+    root, prior = setup
+    anchor = AnchorSet([np.full((40, 40, 3), 128, np.uint8)], ["s"], 32, ["mean_shift"])
+    _, labels, _ = anchor.sample(20, np.random.default_rng(0), level_probs=level_probs([1, 1, 0, 0, 0]))
+    assert sorted(set(labels)) == [0.8, 0.9, 1.0]  # only levels 1 and 2 besides the pristine crop
+    _, uniform, _ = anchor.sample(20, np.random.default_rng(0), level_probs=level_probs(None))
+    _, default, _ = anchor.sample(20, np.random.default_rng(0))
+    assert uniform == default and len(set(uniform)) > 3
+    assert _cfg(root, prior, "ok", anchor_level_weights=[3, 2, 1, 1, 1]).anchor_level_weights == [3, 2, 1, 1, 1]
+    for bad in ([1, 1, 1], [1, 0, 0, 0, 0], [1, -1, 1, 1, 1]):
+        with pytest.raises(ValueError, match=r"anchor_level_weights[\s\S]*5 values"):
+            _cfg(root, prior, "bad", anchor_level_weights=bad)
 
 
 def test_anchor_type_weights_are_checked_against_the_distortion_registry(setup):

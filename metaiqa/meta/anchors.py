@@ -94,12 +94,14 @@ class AnchorSet:
         return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
 
     def sample(
-        self, n: int, rng: np.random.Generator, type_probs: np.ndarray | None = None
+        self, n: int, rng: np.random.Generator, type_probs: np.ndarray | None = None,
+        level_probs: np.ndarray | None = None,
     ) -> tuple[list[np.ndarray], list[float], list[str]]:
         """n x (pristine, level a, level b) with a < b; labels 1, 1 - a/10, 1 - b/10 (order only).
 
         Returns (crops, labels, the type of each triple). `type_probs` (one per `self.types`)
-        replaces uniform sampling of the type. Both levels of a triple use the same random
+        replaces uniform sampling of the type, `level_probs` (one per level 1..5) that of the two
+        levels (drawn without replacement). Both levels of a triple use the same random
         stream, so a type with a random direction (mean_shift up or down) shifts both one way.
         """
         crops: list[np.ndarray] = []
@@ -108,13 +110,23 @@ class AnchorSet:
         for _ in range(n):
             crop = self._textured_crop(rng)
             kind = self.types[int(rng.choice(len(self.types), p=type_probs))]
-            a, b = sorted(int(v) for v in rng.choice(np.arange(1, 6), size=2, replace=False))
+            a, b = sorted(int(v) for v in rng.choice(np.arange(1, 6), size=2, replace=False, p=level_probs))
             series = int(rng.integers(2**63))
             crops += [crop, distort(kind, crop, a, np.random.default_rng(series)),
                       distort(kind, crop, b, np.random.default_rng(series))]
             labels += [1.0, 1.0 - a / 10, 1.0 - b / 10]
             kinds.append(kind)
         return crops, labels, kinds
+
+
+def level_probs(weights: Sequence[float] | None) -> np.ndarray | None:
+    """Normalised draw weights of anchor levels 1..5 (None: uniform)."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (5,) or not np.isfinite(w).all() or (w < 0).any() or np.count_nonzero(w) < 2:
+        raise ValueError(f"anchor level weights need 5 values >= 0 (levels 1..5), at least two > 0; got {list(weights)}")
+    return w / w.sum()
 
 
 class TypeSampler:

@@ -33,7 +33,7 @@ from metaiqa.config import StrictModel, dump_config
 from metaiqa.data.samples import DatasetError
 from metaiqa.data.transforms import to_viewing_scale
 from metaiqa.distortions import list_distortions
-from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated
+from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated, level_probs
 from metaiqa.meta.losses import ranking_hinge
 from metaiqa.meta.optim import adam_param_groups, cosine_factor
 from metaiqa.meta.runstate import RunFiles
@@ -77,6 +77,9 @@ class JointConfig(StrictModel):
                                      "(uniform or anchor_type_weights)")
     anchor_type_weights: dict[str, float] = Field(default_factory=dict, description="relative draw weight per "
                                                   "distortion type (unnamed types 1), e.g. {mean_shift: 3}")
+    anchor_level_weights: list[float] | None = Field(None, description="relative draw weight of anchor levels "
+                                                     "1..5 (None: uniform), e.g. [3, 2, 1, 1, 1] to train the "
+                                                     "mildest damage against the pristine crop more often")
     select_weights: dict[str, float] = Field(
         default_factory=lambda: {"val_human_srocc": 0.5, "val_synth_within_srocc": 0.5},
         description="validation metrics (weighted mean) that pick `best`")
@@ -110,6 +113,12 @@ class JointConfig(StrictModel):
             TypeSampler(list_distortions(), adaptive=False, weights=v)  # the sampler's own checks, at config time
         except ValueError as e:
             raise ValueError(f"anchor_type_weights: {e}") from None
+        return v
+
+    @field_validator("anchor_level_weights")
+    @classmethod
+    def _five_level_weights(cls, v: list[float] | None) -> list[float] | None:
+        level_probs(v)  # raises ValueError naming the bad list
         return v
 
     @model_validator(mode="after")
@@ -268,7 +277,8 @@ class JointTrainer:
         y = [self.human_train[i].mos for i in idx]
         n_human, kinds = len(crops), []
         if self.anchor is not None:
-            a_crops, a_y, kinds = self.anchor.sample(cfg.anchor_crops, rng, self.type_sampler.probs())
+            a_crops, a_y, kinds = self.anchor.sample(cfg.anchor_crops, rng, self.type_sampler.probs(),
+                                                     level_probs(cfg.anchor_level_weights))
             crops += a_crops
             y += a_y
         return _to_batch(crops, cfg.channels_last), torch.tensor(y, dtype=torch.float32), n_human, kinds
