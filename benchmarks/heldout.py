@@ -168,7 +168,7 @@ def main() -> None:
               f"({results['seconds_per_image'][label] * 1000:.0f} ms/img)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=float))
-    print()
+    print(f"\nscenes: {args.scenes} ({len(scenes)} scenes, {len(samples)} distorted images)\n")
     print(table(results))
 
 
