@@ -18,7 +18,8 @@ import torch
 from metaiqa.config import load_config
 from metaiqa.meta.anchors import SyntheticOrderingSet
 from metaiqa.meta.finetune import predict
-from metaiqa.meta.joint import JointConfig, best_rated, human_split, read_scaled
+from metaiqa.meta.human_data import best_rated, human_split, read_scaled
+from metaiqa.meta.joint import JointConfig
 from metaiqa.models.checkpoint import load_checkpoint
 from metaiqa.models.pretrained import resolve_checkpoint
 

@@ -35,7 +35,8 @@ from metaiqa.data.formats import parse_data_spec  # noqa: E402
 from metaiqa.data.transforms import view_boxes, viewing_size  # noqa: E402
 from metaiqa.evaluation import metrics  # noqa: E402
 from metaiqa.inference.scorer import Scorer  # noqa: E402
-from metaiqa.meta.joint import JointConfig, human_split  # noqa: E402
+from metaiqa.meta.human_data import human_split  # noqa: E402
+from metaiqa.meta.joint import JointConfig  # noqa: E402
 from metaiqa.models import read_sidecar  # noqa: E402
 from metaiqa.models.pretrained import resolve_checkpoint  # noqa: E402
 

@@ -30,10 +30,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from metaiqa.config import StrictModel, dump_config
-from metaiqa.data.samples import DatasetError
-from metaiqa.data.transforms import to_viewing_scale
 from metaiqa.distortions import list_distortions
 from metaiqa.meta.anchors import AnchorSet, SyntheticOrderingSet, TypeSampler, darkest_well_rated, level_probs
+from metaiqa.meta.human_data import best_rated, human_split, read_scaled
 from metaiqa.meta.losses import ranking_hinge
 from metaiqa.meta.optim import adam_param_groups, cosine_factor
 from metaiqa.meta.runstate import RunFiles
@@ -157,42 +156,6 @@ def _load_init(cfg: JointConfig):
     model = create_model(ckpt.meta["model"], **kwargs)
     model.load_state_dict(expand_state_dict({k: v.float() for k, v in ckpt.model.state_dict().items()}, model))
     return model.float(), ckpt.meta, kwargs
-
-
-def human_split(cfg: JointConfig):
-    """(train, val) samples of the human data: the seeded carve-out the trainer selects on."""
-    from metaiqa.data.formats import parse_data_spec
-    from metaiqa.meta.finetune import check_samples
-
-    samples = parse_data_spec(cfg.human)
-    check_samples(samples, cfg.human)
-    order = np.random.default_rng(cfg.seed).permutation(len(samples))
-    n_val = max(3, int(round(cfg.val_fraction * len(samples))))
-    if len(samples) - n_val < cfg.batch_human:
-        raise DatasetError(f"{cfg.human}: {len(samples)} images are too few for a {cfg.batch_human}-image batch + validation")
-    val = [samples[i] for i in order[:n_val]]
-    train = [samples[i] for i in order[n_val:]]
-    return train, val
-
-
-def best_rated(samples, n: int) -> np.ndarray:
-    """Indices of the n samples with the highest MOS, best first (ties in input order)."""
-    return np.argsort([-s.mos for s in samples], kind="stable")[:n]
-
-
-def read_scaled(samples, cfg: JointConfig, progress: bool) -> list[np.ndarray]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from metaiqa.meta.images import read_rgb
-
-    def one(s):
-        return to_viewing_scale(read_rgb(s.path), cfg.scale, cfg.crop_size)
-
-    with ThreadPoolExecutor(max_workers=cfg.threads or 1) as pool:
-        it = pool.map(one, samples)
-        return list(tqdm(it, total=len(samples), desc="reading photos", unit="img", disable=not progress, leave=False))
 
 
 def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
