@@ -211,6 +211,7 @@ class JointTrainer:
         self.type_sampler = TypeSampler(self.anchor.types if self.anchor else [],
                                         adaptive=cfg.anchor_type_sampling == "loss", floor=cfg.anchor_type_floor,
                                         weights=cfg.anchor_type_weights)
+        self.level_probs = level_probs(cfg.anchor_level_weights)
         self.opt = torch.optim.AdamW(adam_param_groups(self.model, cfg.lr, cfg.head_lr), weight_decay=cfg.weight_decay)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
         self.init_meta = init_meta
@@ -240,8 +241,7 @@ class JointTrainer:
         y = [self.human_train[i].mos for i in idx]
         n_human, kinds = len(crops), []
         if self.anchor is not None:
-            a_crops, a_y, kinds = self.anchor.sample(cfg.anchor_crops, rng, self.type_sampler.probs(),
-                                                     level_probs(cfg.anchor_level_weights))
+            a_crops, a_y, kinds = self.anchor.sample(cfg.anchor_crops, rng, self.type_sampler.probs(), self.level_probs)
             crops += a_crops
             y += a_y
         return _to_batch(crops, cfg.channels_last), torch.tensor(y, dtype=torch.float32), n_human, kinds
