@@ -334,3 +334,21 @@ def test_ordering_set_from_images_takes_the_centre_and_every_type_and_level():
     oset = SyntheticOrderingSet.from_images([photo], ["p"], 48)
     assert oset.images[0].shape == (40, 40, 3) and oset.images[0].min() == 200
     assert len(oset.images) == 1 + 3 * len({kind for _, kind, _ in oset.keys if kind})
+
+
+def test_a_joint_run_can_add_the_photometric_branch_and_trains_it(setup):
+    root, prior = setup
+    trainer = JointTrainer(_cfg(root, prior, "run_gs", global_stats=True), progress=False)
+    ref = load_checkpoint(prior).model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(trainer.model.eval()(x), ref(x), atol=1e-6)  # the branch starts at zero
+    trainer.run()
+    last = load_checkpoint(root / "run_gs" / "last.safetensors")
+    assert last.meta["model_kwargs"]["global_stats"] is True
+    assert last.model.stats_head.layers[-1].weight.abs().sum() > 0
+
+
+def test_global_stats_recipe_adds_the_branch_to_the_default():
+    cfg = load_config(JointConfig, Path(__file__).parents[1] / "configs" / "fine_tune" / "continue_global_stats.yaml")
+    assert cfg.init == "metaiqa-default" and cfg.global_stats is True and cfg.architecture is None

@@ -48,6 +48,8 @@ class JointConfig(StrictModel):
     architecture: str | None = Field(None, description="start from this registered model instead of init's weights")
     pretrained_backbone: str | None = Field(None, description="with `architecture`: 'imagenet' or a weights file")
     input_norm: str | None = Field("mscn_rgb", description="widen the prior's front end (None: keep it)")
+    global_stats: bool | None = Field(None, description="true: add the photometric-statistics branch (starts "
+                                      "at zero) if init lacks it; None: keep init's architecture")
     human: str = Field(..., description="human-rated training data, e.g. biq2021-train:PATH")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the human data held out for selection")
     references: str | None = Field(None, description="folder of pristine photos for the synthetic anchor")
@@ -147,12 +149,16 @@ def _load_init(cfg: JointConfig):
     ckpt = load_checkpoint(resolve_checkpoint(cfg.init, None))
     if cfg.architecture:
         kwargs = {"input_norm": cfg.input_norm} if cfg.input_norm else {}
+        if cfg.global_stats is not None:
+            kwargs["global_stats"] = cfg.global_stats
         model = create_model(cfg.architecture, pretrained_backbone=cfg.pretrained_backbone, **kwargs)
         meta = {**ckpt.meta, "model": cfg.architecture}
         return model.float(), meta, kwargs  # saved kwargs never name the backbone source: loading needs no extra
     kwargs = dict(ckpt.meta.get("model_kwargs") or {})
     if cfg.input_norm:
         kwargs["input_norm"] = cfg.input_norm
+    if cfg.global_stats is not None:
+        kwargs["global_stats"] = cfg.global_stats
     model = create_model(ckpt.meta["model"], **kwargs)
     model.load_state_dict(expand_state_dict({k: v.float() for k, v in ckpt.model.state_dict().items()}, model))
     return model.float(), ckpt.meta, kwargs

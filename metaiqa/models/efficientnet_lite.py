@@ -163,16 +163,18 @@ def metaiqa_effnet_lite0(
     input_norm: str = "imagenet",
     head_hidden: tuple[int, ...] | list[int] = (512,),
     dropout: float = 0.25,
+    global_stats: bool = False,
 ) -> nn.Module:
     """EfficientNet-Lite0 features (1280) + the MetaIQA head; takes RGB in [0, 1] like every model.
 
     `pretrained_backbone`: None (random init), "imagenet" (the `imagenet` extra's bundled
     file) or a path. With `input_norm="mscn_rgb"` the MSCN channels start at zero weight, so
-    the ImageNet features are untouched at the start.
+    the ImageNet features are untouched at the start. `global_stats`: add the
+    photometric-statistics branch (`metaiqa.models.photometric`).
     """
     backbone = EfficientNetLite0()
     if pretrained_backbone:
         load_imagenet_backbone(backbone, pretrained_backbone)
-    model = IQAModel(backbone, FEATURE_DIM, input_norm, head_hidden, dropout)
+    model = IQAModel(backbone, FEATURE_DIM, input_norm, head_hidden, dropout, global_stats)
     _widen_first_conv(model, "_conv_stem")
     return model

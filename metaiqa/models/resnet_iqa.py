@@ -14,6 +14,7 @@ from torch import nn
 
 from metaiqa.errors import MetaIQAError
 from metaiqa.models.layers import QualityHead, input_channels, make_input_norm
+from metaiqa.models.photometric import PhotometricHead
 from metaiqa.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -26,21 +27,26 @@ class PretrainedWeightsUnavailable(MetaIQAError):
 class IQAModel(nn.Module):
     """A backbone producing features, a fixed input front-end and the MetaIQA head."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, input_norm: str, head_hidden, dropout: float):
+    def __init__(self, backbone: nn.Module, feature_dim: int, input_norm: str, head_hidden, dropout: float,
+                 global_stats: bool = False):
         super().__init__()
         self.input_norm = make_input_norm(input_norm)
         self.backbone = backbone
         self.head = QualityHead(feature_dim, tuple(head_hidden), dropout)
+        self.stats_head = PhotometricHead() if global_stats else None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self.input_norm(x)))
+        out = self.head(self.backbone(self.input_norm(x)))
+        if self.stats_head is not None:
+            out = out + self.stats_head(x)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))
 
     def head_parameter_names(self) -> list[str]:
         """Names of the head's parameters (they get their own learning rate)."""
-        return [n for n, _ in self.named_parameters() if n.startswith("head.")]
+        return [n for n, _ in self.named_parameters() if n.startswith(("head.", "stats_head."))]
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -85,17 +91,19 @@ def metaiqa_resnet18(
     input_norm: str = "mscn",
     head_hidden: tuple[int, ...] | list[int] = (1024, 512),
     dropout: float = 0.5,
+    global_stats: bool = False,
 ) -> IQAModel:
     """torchvision ResNet-18 (its 1000-way fc kept as the feature layer, as in MetaIQA) + head.
 
     `pretrained_backbone`: None (random init, no download), "imagenet" (torchvision's
     official weights, downloaded once when online) or a path to a state-dict file.
+    `global_stats`: add the photometric-statistics branch (`metaiqa.models.photometric`).
     """
     backbone = torchvision.models.resnet18(weights=None)
     if pretrained_backbone:
         backbone.load_state_dict(_imagenet_state_dict(pretrained_backbone))
         log.info("loaded backbone weights from %s", pretrained_backbone)
-    model = IQAModel(backbone, 1000, input_norm, head_hidden, dropout)
+    model = IQAModel(backbone, 1000, input_norm, head_hidden, dropout, global_stats)
     _widen_first_conv(model, "conv1")
     return model
 
@@ -118,9 +126,13 @@ def _widen_first_conv(model: IQAModel, attr: str) -> None:
 
 
 def expand_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """A prior's state dict made to fit `model`: input-channel-widened convs padded with zeros."""
+    """A prior's state dict made to fit `model`: input-channel-widened convs padded with zeros, and
+    a photometric branch the prior lacks taken from `model` as constructed (it adds zero until trained)."""
     own = model.state_dict()
     out = dict(state)
+    for key, value in own.items():
+        if key.startswith("stats_head.") and key not in state:
+            out[key] = value
     for key, value in state.items():
         target = own.get(key)
         if target is None or target.shape == value.shape or value.ndim != 4:
@@ -138,6 +150,7 @@ def metaiqa_tiny(
     width: int = 8,
     head_hidden: tuple[int, ...] | list[int] = (32, 16),
     dropout: float = 0.1,
+    global_stats: bool = False,
 ) -> IQAModel:
     """A few-thousand-parameter CNN with the same contract, for tests and smoke runs."""
     backbone = nn.Sequential(
@@ -150,6 +163,6 @@ def metaiqa_tiny(
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
-    model = IQAModel(backbone, 2 * width, input_norm, head_hidden, dropout)
+    model = IQAModel(backbone, 2 * width, input_norm, head_hidden, dropout, global_stats)
     _widen_first_conv(model, "0")
     return model
