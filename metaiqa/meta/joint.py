@@ -139,6 +139,14 @@ def scene_splits(meta: dict) -> dict:
     return data.get("splits") or data.get("init_splits") or {}
 
 
+def _architecture_overrides(cfg: JointConfig) -> dict[str, Any]:
+    """Model arguments the config sets (front end, photometric branch); unset ones keep init's."""
+    kwargs: dict[str, Any] = {"input_norm": cfg.input_norm} if cfg.input_norm else {}
+    if cfg.global_stats is not None:
+        kwargs["global_stats"] = cfg.global_stats
+    return kwargs
+
+
 def _load_init(cfg: JointConfig):
     """(model, init checkpoint's meta, model kwargs to save): init's weights, or a fresh `architecture`."""
     from metaiqa.models import create_model
@@ -148,17 +156,11 @@ def _load_init(cfg: JointConfig):
 
     ckpt = load_checkpoint(resolve_checkpoint(cfg.init, None))
     if cfg.architecture:
-        kwargs = {"input_norm": cfg.input_norm} if cfg.input_norm else {}
-        if cfg.global_stats is not None:
-            kwargs["global_stats"] = cfg.global_stats
+        kwargs = _architecture_overrides(cfg)
         model = create_model(cfg.architecture, pretrained_backbone=cfg.pretrained_backbone, **kwargs)
         meta = {**ckpt.meta, "model": cfg.architecture}
         return model.float(), meta, kwargs  # saved kwargs never name the backbone source: loading needs no extra
-    kwargs = dict(ckpt.meta.get("model_kwargs") or {})
-    if cfg.input_norm:
-        kwargs["input_norm"] = cfg.input_norm
-    if cfg.global_stats is not None:
-        kwargs["global_stats"] = cfg.global_stats
+    kwargs = {**(ckpt.meta.get("model_kwargs") or {}), **_architecture_overrides(cfg)}
     model = create_model(ckpt.meta["model"], **kwargs)
     model.load_state_dict(expand_state_dict({k: v.float() for k, v in ckpt.model.state_dict().items()}, model))
     return model.float(), ckpt.meta, kwargs

@@ -50,7 +50,8 @@ def photometric_features(x: torch.Tensor) -> torch.Tensor:
     x = x.float()
     y = _luma(x)
     below = [(y < t).float().mean(dim=(1, 2)) for t in LUMA_LEVELS]
-    chroma = x.amax(dim=1) - x.amin(dim=1)
+    brightest, darkest = x.amax(dim=1), x.amin(dim=1)
+    chroma = brightest - darkest
     means = x.mean(dim=(2, 3))
     opponent_rg = x[:, 0] - x[:, 1]
     opponent_yb = 0.5 * (x[:, 0] + x[:, 1]) - x[:, 2]
@@ -60,7 +61,7 @@ def photometric_features(x: torch.Tensor) -> torch.Tensor:
         y.mean(dim=(1, 2)), y.std(dim=(1, 2)),
         chroma.mean(dim=(1, 2)), chroma.std(dim=(1, 2)),
         (chroma > 0.6).float().mean(dim=(1, 2)), (chroma < 0.02).float().mean(dim=(1, 2)),
-        (x.amax(dim=1) > 254.5 / 255).float().mean(dim=(1, 2)), (x.amin(dim=1) < 0.5 / 255).float().mean(dim=(1, 2)),
+        (brightest > 254.5 / 255).float().mean(dim=(1, 2)), (darkest < 0.5 / 255).float().mean(dim=(1, 2)),
         means[:, 0] - means[:, 1], means[:, 2] - means[:, 1],
         ratio,
     ]
