@@ -1,4 +1,9 @@
-"""Configuration: defaults (pydantic models) < YAML file < `--set key=value` overrides.
+"""Configuration: defaults (pydantic models) < base YAML < YAML file < `--set key=value` overrides.
+
+A YAML file may start from another with `base: other.yaml` (relative to the file that names
+it; a base may have its own base). The file's keys are merged over its base's: sections key by
+key, any other value (lists included) replaced whole. So a recipe that varies another states
+only what it changes.
 
 Every config model forbids unknown keys, so a typo is an error naming the key rather
 than a silently ignored setting.
@@ -63,9 +68,39 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge_over(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: mappings merged key by key, every other value replaced whole."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_over(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_layered_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with its `base:` chain resolved (see the module doc); the `base` key removed."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        names = " -> ".join(p.name for p in (*_chain, resolved))
+        raise ConfigError(f"{path}: `base:` chain loops back on itself ({names})")
+    data = read_yaml(path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: `base` must be the path of another YAML config, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: its base {base!r} is not a file (looked for {base_path})")
+    return merge_over(read_layered_yaml(base_path, (*_chain, resolved)), data)
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Build `cls` from defaults, then the YAML file, then overrides; errors name the key."""
-    data: dict[str, Any] = read_yaml(path) if path else {}
+    """Build `cls` from defaults, then the YAML file (over its base), then overrides; errors name the key."""
+    data: dict[str, Any] = read_layered_yaml(path) if path else {}
     for item in overrides or []:
         keys, value = parse_override(item)
         _set_nested(data, keys, value)

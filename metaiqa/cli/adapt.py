@@ -103,9 +103,9 @@ def resolve_model(spec: str | None) -> Path:
 
 
 def _is_joint(args: argparse.Namespace) -> bool:
-    from metaiqa.config import read_yaml
+    from metaiqa.config import read_layered_yaml
 
-    from_yaml = bool(args.config) and "human" in (read_yaml(args.config) or {})
+    from_yaml = bool(args.config) and "human" in read_layered_yaml(args.config)
     return from_yaml or any(o.split("=", 1)[0].strip() == "human" for o in args.overrides)
 
 
