@@ -94,7 +94,7 @@ def read_layered_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[s
         raise ConfigError(f"{path}: `base` must be the path of another YAML config, got {base!r}")
     base_path = path.parent / base
     if not base_path.is_file():
-        raise ConfigError(f"{path}: its base {base!r} is not a file (looked for {base_path})")
+        raise ConfigError(f"{path}: its base {base!r} is not a file (looked for {base_path.resolve()})")
     return merge_over(read_layered_yaml(base_path, (*_chain, resolved)), data)
 
 
