@@ -112,6 +112,12 @@ def scene_source(models: dict[str, str]) -> dict:
                      "(e.g. --model prior=metaiqa-prior), whose training defines the test scenes")
 
 
+def pristine_paths(samples) -> dict[str, Path]:
+    """Each reference crop's pristine image: `<ref_id>.png` beside the distorted ones (`metaiqa data synth`)."""
+    root = samples[0].path.parent
+    return {s.ref_id: root / f"{s.ref_id}.png" for s in samples}
+
+
 def scenes_of(samples, splits: dict, part: str) -> list:
     """The samples whose scene is in the prior's `part` split ('test', 'val', 'train'), or all of them."""
     if part == "all":
@@ -144,8 +150,7 @@ def main() -> None:
         raise SystemExit(f"{args.data}: no images of the prior's {args.scenes} scenes; for a set of other photos "
                          "use --scenes all")
     scenes = {s.content for s in samples}
-    root = samples[0].path.parent
-    pristine = {s.ref_id: root / f"{s.ref_id}.png" for s in samples}
+    pristine = pristine_paths(samples)
     paths = sorted({s.path for s in samples} | set(pristine.values()))
 
     results: dict = {"data": args.data, "scene_split": args.scenes, "scenes": sorted(scenes), "holdout_types": holdout,

@@ -18,11 +18,11 @@ scenes is for the report only.
 
 import argparse
 import json
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 
 import torch
-from heldout import scene_source, scenes_of
+from heldout import pristine_paths, scene_source, scenes_of
 from PIL import Image, ImageDraw
 
 from metaiqa.data.formats import parse_data_spec
@@ -87,22 +87,18 @@ def main() -> None:
     samples = scenes_of(parse_data_spec(args.data), meta["splits"], args.scenes)
     if not samples:
         raise SystemExit(f"{args.data}: no images of the prior's {args.scenes} scenes")
-    root = samples[0].path.parent
-    pristine = {s.ref_id: root / f"{s.ref_id}.png" for s in samples}
+    pristine = pristine_paths(samples)
     paths = sorted({s.path for s in samples} | set(pristine.values()))
     values = Scorer.from_checkpoint(resolve_checkpoint(args.model)).score_paths(paths)
     scores = dict(zip(paths, values, strict=True))
     missed = misses(scores, samples, pristine)
-    per_type: dict[str, int] = defaultdict(int)
-    for m in missed:
-        per_type[m["type"]] += 1
     result = {"data": args.data, "model": args.model, "scenes": args.scenes, "pairs": len(samples),
               "pristine_above": 1 - len(missed) / len(samples), "bands": by_band(samples, missed),
-              "misses_per_type": dict(sorted(per_type.items(), key=lambda kv: -kv[1])), "misses": missed}
+              "misses_per_type": dict(Counter(m["type"] for m in missed).most_common()), "misses": missed}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=float))
     if args.sheet:
-        contact_sheet(missed, root, args.sheet)
+        contact_sheet(missed, samples[0].path.parent, args.sheet)
     print(f"{args.model} on {args.scenes} scenes: pristine-above {result['pristine_above']:.4f} "
           f"({len(missed)} misses of {len(samples)})")
     print("committee quality   pairs  misses  pristine-above")

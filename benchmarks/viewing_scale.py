@@ -29,7 +29,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from heldout import evaluate_scores  # noqa: E402
+from heldout import evaluate_scores, pristine_paths  # noqa: E402
 
 from metaiqa.data.formats import parse_data_spec  # noqa: E402
 from metaiqa.data.transforms import view_boxes, viewing_size  # noqa: E402
@@ -73,9 +73,7 @@ def heldout_set(synth: str, ckpt: str) -> tuple[list, dict, list[str]]:
     splits = data.get("init_splits") or data["splits"]
     test = set(splits["test"]["contents"])
     samples = [s for s in parse_data_spec(synth) if s.content in test]
-    root = samples[0].path.parent
-    pristine = {s.ref_id: root / f"{s.ref_id}.png" for s in samples}
-    return samples, pristine, list(data.get("holdout_types", []))
+    return samples, pristine_paths(samples), list(data.get("holdout_types", []))
 
 
 def views_per_image(height: int, width: int, scale: int, size: int = 224, max_views: int = 16) -> int:
